@@ -1,0 +1,273 @@
+"""Recipes: YAML files parsed into typed dataclasses, with errors that name the bad field.
+
+A recipe has the sections ``env``, ``demos``, ``base``, ``head``, ``algorithm`` and ``train``. Any field can
+be overridden from the command line as ``section.field=value`` (the value is parsed as YAML).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe (or an override) is malformed; the message names the field and what is allowed."""
+
+
+@dataclass
+class EnvConfig:
+    id: str = "metaworld/push-v3"
+    num_envs: int = 4
+    vectorization: Literal["sync", "async"] = "sync"  # async only pays off for slow envs (robosuite)
+    max_episode_steps: Optional[int] = None
+    reward_mode: Literal["env", "sparse", "dense_minus_one"] = "env"
+    reward_scale: float = 1.0  # dense_minus_one: reward / reward_scale - 1
+    terminate_on_success: bool = False
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class DemosConfig:
+    dataset: Optional[str] = None  # an existing LeRobotDataset root; if set, nothing is generated
+    num_episodes: int = 10
+    action_noise: float = 0.3  # std of Gaussian noise on expert actions: a mediocre base on purpose
+    max_episode_steps: Optional[int] = None  # defaults to env.max_episode_steps
+    only_successful: bool = False
+    seed: int = 0
+
+
+@dataclass
+class BaseConfig:
+    path: Optional[str] = None  # a trained base (config.json + model.safetensors); if set, no BC
+    type: Literal["diffusion", "flow"] = "diffusion"
+    horizon: int = 4
+    n_action_steps: int = 4
+    hidden_dim: int = 256
+    num_layers: int = 3
+    num_train_timesteps: int = 100
+    num_inference_steps: int = 10
+    bc_steps: int = 3000
+    bc_batch_size: int = 256
+    bc_lr: float = 3e-4
+    seed: int = 0
+
+
+@dataclass
+class HeadConfig:
+    latent_layout: Literal["full", "tiled"] = "full"
+    bound: float = 1.5  # latents live in [-bound, bound] for every method
+    hidden_dim: int = 256
+    num_layers: int = 3
+    encoder_dim: Optional[int] = None  # bottleneck for large features (VLM embeddings); None = raw
+    num_critics: int = 2
+
+
+@dataclass
+class AlgorithmConfig:
+    name: Literal["lpds", "dsrl_sac", "dsrl_na"] = "lpds"
+    gamma: float = 0.99  # discount per chunk transition ("chunk") or per env step ("env_step")
+    discount_mode: Literal["chunk", "env_step"] = "chunk"
+    batch_size: int = 256
+    utd: int = 1  # gradient updates per chunk transition collected (per env)
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    tau: float = 0.005
+    backup: Literal["min", "mean"] = "min"  # how critic heads combine in the TD target
+    actor_reduction: Literal["min", "mean"] = "mean"
+    # SAC-style methods (dsrl_sac, dsrl_na)
+    target_entropy: Union[float, Literal["auto"]] = 0.0  # DSRL's released configs use 0; "auto" = -latent_dim/2
+    init_temperature: float = 1.0
+    temperature_lr: float = 3e-4
+    backup_entropy: bool = True
+    # noise aliasing (dsrl_na, lpds with critic: action)
+    distill_steps: int = 1  # Q^W distillation steps per update
+    # LP-DS
+    delta: float = 0.35  # trust region: E ||Delta(s)||^2 <= delta
+    dual_lr: float = 0.05  # step size of projected dual ascent on the multiplier
+    init_multiplier: float = 0.0
+    normalize_q: bool = True  # divide the actor's Q term by mean |Q| (scale-free multiplier)
+    critic: Literal["action", "latent"] = "action"  # LP-DS: dual Q (Q^A + distilled Q^W) or latent TD Q^W
+
+
+@dataclass
+class TrainConfig:
+    total_env_steps: int = 100_000
+    warmup_env_steps: int = 5_000  # prior-noise rollouts before the first update
+    buffer_size: int = 1_000_000
+    eval_every: int = 10_000
+    eval_episodes: int = 50
+    eval_num_envs: int = 10
+    eval_deterministic: bool = False  # SAC: tanh(mean) latent; LP-DS: Delta(s) with eps = 0
+    entropy_states: int = 32  # states for the k-NN action entropy at each evaluation
+    entropy_draws: int = 64
+    checkpoint_every: int = 10_000
+    seed: int = 0
+    output_dir: str = "runs/default"
+    resume: bool = True  # resume from output_dir/checkpoints/last if it exists
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast on GPU; fp16 would need loss scaling
+    log_with: list = field(default_factory=list)  # accelerate trackers, e.g. ["tensorboard"] or ["wandb"]
+    torch_threads: Optional[int] = None
+    cache_dir: str = "~/.cache/vla_steer"
+    show_progress: bool = True
+
+
+@dataclass
+class Recipe:
+    name: str = "unnamed"
+    env: EnvConfig = field(default_factory=EnvConfig)
+    demos: DemosConfig = field(default_factory=DemosConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------------
+# parsing
+
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise RecipeError(f"{where}: {value!r} is not allowed; expected {_describe(tp)}")
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except RecipeError:
+                continue
+        raise RecipeError(f"{where}: {value!r} is not allowed; expected {_describe(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise RecipeError(f"{where}: expected null, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp in (dict, list) or typing.get_origin(tp) in (dict, list):
+        if isinstance(value, typing.get_origin(tp) or tp):
+            return value
+    raise RecipeError(f"{where}: expected {_describe(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _from_dict(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where or 'recipe'}: expected a mapping of fields, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise RecipeError(f"unknown field {path!r}.{hint} Allowed fields here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r} must look like section.field=value, e.g. train.seed=1")
+        key, raw = item.split("=", 1)
+        parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return parsed
+
+
+def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
+    data = dict(data or {})
+    for key, value in parse_overrides(overrides or []):
+        _set_path(data, key, value)
+    recipe = _from_dict(Recipe, data, "")
+    validate_recipe(recipe)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe; every problem raises :class:`RecipeError` before any work starts."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        recipe = recipe_from_dict(data, overrides)
+    except RecipeError as exc:
+        raise RecipeError(f"{path}: {exc}") from None
+    if recipe.name == "unnamed":
+        recipe.name = path.stem
+    return recipe
+
+
+def validate_recipe(recipe: Recipe) -> None:
+    """Cross-field checks, including that the env id exists (cheap: no simulator is built)."""
+    from vla_steer.envs.registry import validate_env_id
+
+    try:
+        validate_env_id(recipe.env.id)
+    except ValueError as exc:
+        raise RecipeError(f"env.id: {exc}") from None
+    checks = [
+        (recipe.env.num_envs >= 1, "env.num_envs must be >= 1"),
+        (recipe.base.n_action_steps <= recipe.base.horizon, "base.n_action_steps must be <= base.horizon"),
+        (recipe.head.bound > 0, "head.bound must be > 0"),
+        (recipe.head.num_critics >= 1, "head.num_critics must be >= 1"),
+        (0 < recipe.algorithm.gamma <= 1, "algorithm.gamma must be in (0, 1]"),
+        (recipe.algorithm.delta > 0, "algorithm.delta must be > 0"),
+        (recipe.algorithm.utd >= 1, "algorithm.utd must be >= 1"),
+        (recipe.train.total_env_steps > 0, "train.total_env_steps must be > 0"),
+        (recipe.train.eval_episodes >= 1, "train.eval_episodes must be >= 1"),
+        (recipe.env.reward_mode != "sparse" or recipe.env.terminate_on_success,
+         "env.reward_mode 'sparse' needs env.terminate_on_success: true (otherwise success keeps paying 0 forever)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RecipeError(message)

@@ -1,0 +1,165 @@
+"""Demonstrations as LeRobotDataset v3, written through LeRobot's own API and cached by content.
+
+``generate_demonstrations`` rolls a scripted expert (with Gaussian action noise, to make a *mediocre*
+base on purpose) and writes ``observation.state`` / ``action`` / ``next.reward`` / ``next.success``
+frames. The dataset directory is named by a hash of everything that determines its content, written to a
+temporary directory first and renamed when complete, so a rerun regenerates nothing and a crash leaves
+nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vla_steer.data.experts import make_expert
+from vla_steer.envs.registry import make_env
+
+COMPLETE_MARKER = "vla_steer_complete.json"
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("mujoco", "metaworld", "gymnasium", "gymnasium-robotics", "lerobot"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def demo_cache_key(spec: dict) -> str:
+    payload = json.dumps({**spec, "versions": _versions(), "format": 1}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def generate_demonstrations(
+    env_id: str,
+    *,
+    num_episodes: int,
+    action_noise: float,
+    seed: int,
+    max_episode_steps: int | None,
+    cache_dir: str | Path,
+    only_successful: bool = False,
+    env_kwargs: dict | None = None,
+    fps: int = 30,
+    show_progress: bool = True,
+) -> Path:
+    """Roll out the scripted expert and write a LeRobotDataset; returns its root (cached)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    spec = dict(env_id=env_id, num_episodes=num_episodes, action_noise=action_noise, seed=seed,
+                max_episode_steps=max_episode_steps, only_successful=only_successful, env_kwargs=env_kwargs or {})
+    root = Path(cache_dir) / f"{env_id.replace('/', '_')}-{demo_cache_key(spec)}"
+    if (root / COMPLETE_MARKER).is_file():
+        return root
+    tmp_root = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp_root, ignore_errors=True)
+    tmp_root.parent.mkdir(parents=True, exist_ok=True)
+
+    env = make_env(env_id, seed=seed, max_episode_steps=max_episode_steps, kwargs=env_kwargs)
+    expert = make_expert(env_id)
+    rng = np.random.default_rng(seed)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    features = {
+        "observation.state": {"dtype": "float32", "shape": (obs_dim,), "names": None},
+        "action": {"dtype": "float32", "shape": (act_dim,), "names": None},
+        "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
+        "next.success": {"dtype": "bool", "shape": (1,), "names": None},
+    }
+    dataset = LeRobotDataset.create(repo_id=f"vla_steer/{root.name}", fps=fps, features=features,
+                                    root=tmp_root, use_videos=False)
+    low, high = env.action_space.low, env.action_space.high
+    kept, attempts, successes = 0, 0, 0
+    progress = tqdm(total=num_episodes, desc=f"demos {env_id}", disable=not show_progress)
+    try:
+        while kept < num_episodes:
+            if attempts >= 20 * num_episodes:
+                raise RuntimeError(f"expert for {env_id} succeeded in only {successes}/{attempts} episodes; "
+                                   "lower demos.action_noise or set demos.only_successful: false")
+            obs, _ = env.reset(seed=seed + attempts)
+            attempts += 1
+            frames, success = [], False
+            done = False
+            while not done:
+                action = expert(obs, env)
+                action = np.clip(action + action_noise * rng.standard_normal(act_dim), low, high).astype(np.float32)
+                next_obs, reward, terminated, truncated, info = env.step(action)
+                success = success or info["is_success"]
+                frames.append({"observation.state": obs.astype(np.float32), "action": action,
+                               "next.reward": np.array([reward], np.float32),
+                               "next.success": np.array([info["is_success"]], bool)})
+                obs, done = next_obs, terminated or truncated
+            successes += success
+            if only_successful and not success:
+                continue
+            for frame in frames:
+                dataset.add_frame({**frame, "task": env_id})
+            dataset.save_episode()
+            kept += 1
+            progress.update(1)
+        dataset.finalize()
+    except BaseException:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        raise
+    finally:
+        progress.close()
+        env.close()
+    (tmp_root / COMPLETE_MARKER).write_text(json.dumps(
+        {**spec, "versions": _versions(), "expert_success_rate": successes / attempts, "episodes": kept}, indent=2))
+    shutil.rmtree(root, ignore_errors=True)
+    tmp_root.rename(root)
+    return root
+
+
+@dataclass
+class DemoArrays:
+    observations: torch.Tensor  # [N, obs_dim]
+    actions: torch.Tensor  # [N, action_dim]
+    episode_index: torch.Tensor  # [N]
+
+    def action_chunks(self, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Targets ``[N, horizon, A]`` starting at every frame, and a pad mask for steps past the episode end
+        (padded with the episode's last action, as LeRobot does)."""
+        n = self.actions.shape[0]
+        idx = torch.arange(n)[:, None] + torch.arange(horizon)[None]  # [N, H]
+        idx_clamped = idx.clamp(max=n - 1)
+        same_episode = self.episode_index[idx_clamped] == self.episode_index[:, None]
+        pad = ~same_episode | (idx >= n)
+        # last frame of each row's episode
+        last = torch.zeros(n, dtype=torch.long)
+        ends = torch.nonzero(torch.diff(self.episode_index, append=self.episode_index[-1:] + 1)).squeeze(-1)
+        starts = torch.cat([torch.zeros(1, dtype=torch.long), ends[:-1] + 1])
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            last[s:e + 1] = e
+        idx_final = torch.where(pad, last[:, None].expand(-1, horizon), idx_clamped)
+        return self.actions[idx_final], pad
+
+
+def load_demonstrations(root: str | Path) -> DemoArrays:
+    """Read a LeRobotDataset (v3, local) into memory as tensors, through LeRobot's loader."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = Path(root)
+    if not (root / "meta" / "info.json").is_file():
+        raise FileNotFoundError(f"{root} is not a LeRobotDataset (no meta/info.json)")
+    dataset = LeRobotDataset(repo_id=f"local/{root.name}", root=root)
+    missing = {"observation.state", "action"} - set(dataset.features)
+    if missing:
+        raise ValueError(f"dataset {root} lacks features {sorted(missing)}; it has {sorted(dataset.features)}")
+    table = dataset.hf_dataset.with_format("torch")
+    return DemoArrays(
+        observations=torch.stack(list(table["observation.state"])).float(),
+        actions=torch.stack(list(table["action"])).float(),
+        episode_index=torch.as_tensor(table["episode_index"]).long(),
+    )

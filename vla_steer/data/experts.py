@@ -1,0 +1,80 @@
+"""Scripted experts for demonstration generation.
+
+An expert is ``expert(obs, env) -> action`` on the *flat* observation our envs emit; ``env`` is the
+single (unchunked) environment, for experts that need simulator internals.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from vla_steer.envs.registry import METAWORLD_PREFIX
+
+Expert = Callable[[np.ndarray, object], np.ndarray]
+
+
+def _metaworld_expert(task: str) -> Expert:
+    from metaworld.policies import ENV_POLICY_MAP
+
+    policy = ENV_POLICY_MAP[task]()
+    return lambda obs, env: np.asarray(policy.get_action(obs), dtype=np.float32)
+
+
+def _lunar_lander_expert() -> Expert:
+    from gymnasium.envs.box2d.lunar_lander import heuristic
+
+    return lambda obs, env: np.asarray(heuristic(env.unwrapped, obs), dtype=np.float32)
+
+
+def _fetch_expert(task: str) -> Expert:
+    """State machines on Fetch's privileged observation (flattened as achieved_goal, desired_goal, observation).
+
+    ``observation``: grip_pos 0:3, object_pos 3:6, object_rel_pos 6:9, gripper_state 9:11, ...
+    """
+
+    def split(obs):
+        return obs[3:6], obs[6:]  # desired_goal, observation (achieved_goal is obs[0:3])
+
+    def reach(obs, env):
+        goal, o = split(obs)
+        return np.clip(np.r_[10.0 * (goal - o[0:3]), 0.0], -1, 1).astype(np.float32)
+
+    def pick_and_place(obs, env):
+        goal, o = split(obs)
+        grip, obj = o[0:3], o[3:6]
+        gripper_width = o[9] + o[10]
+        above = obj + np.array([0.0, 0.0, 0.05])
+        xy_err = np.linalg.norm(grip[:2] - obj[:2])
+        holding = np.linalg.norm(grip - obj) < 0.02 and gripper_width < 0.06
+        if holding:
+            return np.clip(np.r_[10.0 * (goal - grip), -1.0], -1, 1).astype(np.float32)
+        if xy_err > 0.01 or grip[2] > obj[2] + 0.06:
+            target, grasp = (above if xy_err > 0.01 else obj), 1.0
+        else:
+            target, grasp = obj, (-1.0 if np.linalg.norm(grip - obj) < 0.01 else 1.0)
+        return np.clip(np.r_[10.0 * (target - grip), grasp], -1, 1).astype(np.float32)
+
+    experts = {"FetchReach": reach, "FetchPickAndPlace": pick_and_place}
+    for prefix, expert in experts.items():
+        if task.startswith(prefix):
+            return expert
+    raise KeyError(task)
+
+
+def make_expert(env_id: str) -> Expert:
+    """The scripted expert for ``env_id``; raises ``ValueError`` listing the supported families."""
+    if env_id.startswith(METAWORLD_PREFIX):
+        return _metaworld_expert(env_id[len(METAWORLD_PREFIX):])
+    if env_id.startswith("LunarLanderContinuous"):
+        return _lunar_lander_expert()
+    try:
+        return _fetch_expert(env_id)
+    except KeyError:
+        pass
+    raise ValueError(
+        f"no scripted expert for {env_id!r}. Experts exist for 'metaworld/<task>-v3' (all 50 tasks), "
+        "'LunarLanderContinuous-v3', 'FetchReach-v4' and 'FetchPickAndPlace-v4'; otherwise point "
+        "`demos.dataset` at an existing LeRobotDataset."
+    )
