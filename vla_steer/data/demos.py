@@ -56,8 +56,10 @@ def generate_demonstrations(
     show_progress: bool = True,
 ) -> Path:
     """Roll out the scripted expert and write a LeRobotDataset; returns its root (cached)."""
+    import datasets
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    datasets.disable_progress_bars()  # one bar per episode from LeRobot's stats otherwise
     spec = dict(env_id=env_id, num_episodes=num_episodes, action_noise=action_noise, seed=seed,
                 max_episode_steps=max_episode_steps, only_successful=only_successful, env_kwargs=env_kwargs or {})
     root = Path(cache_dir) / f"{env_id.replace('/', '_')}-{demo_cache_key(spec)}"

@@ -1,0 +1,5 @@
+import sys
+
+from vla_steer.cli import main
+
+sys.exit(main())

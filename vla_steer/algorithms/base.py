@@ -1,0 +1,115 @@
+"""What every steering algorithm shares: acting interface, optimiser steps, target updates, decoding.
+
+An algorithm owns its networks (head + critics) and optimisers. ``update(batch)`` runs one gradient update
+on a replay batch and returns scalar metrics. Gradients are averaged across processes before every
+optimiser step, so all processes hold identical weights (same seed, same init, same averaged gradients).
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from vla_steer.adapters.base import LatentLayout, SteerableAdapter
+from vla_steer.config import AlgorithmConfig, HeadConfig
+
+
+class SteeringAlgorithm(nn.Module):
+    name = "abstract"
+
+    def __init__(self, cfg: AlgorithmConfig, head: HeadConfig, adapter: SteerableAdapter, layout: LatentLayout,
+                 accelerator: Accelerator):
+        super().__init__()
+        self.cfg, self.head_cfg = cfg, head
+        self.adapter, self.layout, self.accelerator = adapter, layout, accelerator
+        self.latent_dim = layout.latent_dim
+        self.action_input_dim = adapter.n_action_steps * adapter.action_dim  # Q^A sees the executed rows
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    # -- interface -------------------------------------------------------------------------------------
+    def act(self, features: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Latents ``[B, latent_dim]`` for a batch of features (no gradient)."""
+        raise NotImplementedError
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def head_modules(self) -> dict[str, nn.Module]:
+        """The modules a deployed steered policy needs (what the hub format ships)."""
+        raise NotImplementedError
+
+    # -- shared helpers --------------------------------------------------------------------------------
+    def prior_latent(self, batch_size: int) -> torch.Tensor:
+        """Prior noise in latent space, clipped to the bound every method honours."""
+        eps = torch.randn(batch_size, self.latent_dim, device=self.device)
+        return eps.clamp(-self.head_cfg.bound, self.head_cfg.bound)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def make_optimizer(self, name: str, params, lr: float) -> torch.optim.Optimizer:
+        self.optimizers[name] = torch.optim.Adam(list(params), lr=lr)
+        return self.optimizers[name]
+
+    def optimizer_step(self, name: str, loss: torch.Tensor) -> None:
+        """zero_grad -> backward -> average gradients over processes -> step."""
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self.accelerator.num_processes > 1 and params:
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            flat = self.accelerator.reduce(flat, reduction="mean")
+            offset = 0
+            for p in params:
+                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+                offset += p.numel()
+        optimizer.step()
+
+    def mean_across_processes(self, value: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return value
+        return self.accelerator.reduce(value.detach().clone(), reduction="mean")
+
+    @torch.no_grad()
+    def soft_update(self, target: nn.Module, source: nn.Module) -> None:
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), self.cfg.tau)
+
+    @torch.no_grad()
+    def decode_executed(self, features, decode_state, latent) -> torch.Tensor:
+        """Decode latents on stored states and return the executed rows, flattened: ``[B, k * A]``."""
+        context = self.adapter.context_from_storage(features, decode_state)
+        actions = self.adapter.decode(context, self.layout.to_noise(latent))
+        return actions[:, : self.adapter.n_action_steps].flatten(1)
+
+    def td_target(self, batch, next_q: torch.Tensor) -> torch.Tensor:
+        """r + discount * (1 - terminated) * next_q. Time-limit truncation is *not* terminal: it bootstraps."""
+        return batch["reward"] + batch["discount"] * (1.0 - batch["terminated"]) * next_q
+
+    def optimizer_state_dicts(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_optimizer_state_dicts(self, states: dict) -> None:
+        for name, state in states.items():
+            self.optimizers[name].load_state_dict(state)
+
+
+class TemperatureMixin:
+    """SAC's entropy temperature, log-parameterised, tuned toward a target entropy."""
+
+    def init_temperature(self):
+        self.log_alpha = nn.Parameter(torch.tensor(float(self.cfg.init_temperature)).log())
+        target = self.cfg.target_entropy
+        self.target_entropy = -self.latent_dim / 2.0 if target == "auto" else float(target)
+        self.make_optimizer("temperature", [self.log_alpha], self.cfg.temperature_lr)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp().detach()
+
+    def temperature_step(self, log_prob: torch.Tensor) -> torch.Tensor:
+        loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        self.optimizer_step("temperature", loss)
+        return loss

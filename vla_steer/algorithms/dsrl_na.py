@@ -1,0 +1,84 @@
+"""DSRL-NA, noise aliasing (Wagenmaker et al., 2025).
+
+Q^A(s, a) learns by TD on the *executed* action chunks, so any data (offline demos included) trains it.
+Q^W(s, z) is distilled from Q^A on prior noise, z ~ N(0, I), with one batched decode. The actor (a
+tanh-Gaussian latent policy, bounded like every method) maximises Q^W.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from vla_steer.algorithms.base import SteeringAlgorithm, TemperatureMixin
+from vla_steer.steering import CriticEnsemble, TanhGaussianLatentPolicy
+
+
+class DualCriticMixin:
+    """Q^A by TD on executed actions + Q^W distilled from Q^A on prior noise (shared by DSRL-NA and LP-DS)."""
+
+    def init_dual_critics(self):
+        F, head = self.adapter.feature_dim, self.head_cfg
+        self.action_critic = CriticEnsemble(F, self.action_input_dim, head.num_critics, head.hidden_dim, head.num_layers, head.encoder_dim)
+        self.action_critic_target = copy.deepcopy(self.action_critic).requires_grad_(False)
+        self.noise_critic = CriticEnsemble(F, self.latent_dim, head.num_critics, head.hidden_dim, head.num_layers, head.encoder_dim)
+        self.make_optimizer("action_critic", self.action_critic.parameters(), self.cfg.critic_lr)
+        self.make_optimizer("noise_critic", self.noise_critic.parameters(), self.cfg.critic_lr)
+
+    def action_critic_step(self, batch, next_latent, next_entropy_bonus=None):
+        with torch.no_grad():
+            next_action = self.decode_executed(batch["next_features"], batch["next_decode_state"], next_latent)
+            next_q = self.action_critic.reduce(self.action_critic_target(batch["next_features"], next_action), self.cfg.backup)
+            if next_entropy_bonus is not None:
+                next_q = next_q + next_entropy_bonus
+            target = self.td_target(batch, next_q)
+        q = self.action_critic(batch["features"], batch["action"])
+        loss = 0.5 * (q - target).pow(2).mean(1).sum()
+        self.optimizer_step("action_critic", loss)
+        self.soft_update(self.action_critic_target, self.action_critic)
+        return loss, q
+
+    def distill_step(self, batch):
+        """Q^W_i(s, z) <- Q^A_i(s, decode(s, z)) on prior latents (each head copies its twin)."""
+        s = batch["features"]
+        z = self.prior_latent(s.shape[0])
+        with torch.no_grad():
+            target = self.action_critic(s, self.decode_executed(s, batch["decode_state"], z))
+        loss = 0.5 * (self.noise_critic(s, z) - target).pow(2).mean(1).sum()
+        self.optimizer_step("noise_critic", loss)
+        return loss
+
+
+class DSRLNA(DualCriticMixin, TemperatureMixin, SteeringAlgorithm):
+    name = "dsrl_na"
+
+    def __init__(self, cfg, head, adapter, layout, accelerator):
+        super().__init__(cfg, head, adapter, layout, accelerator)
+        self.actor = TanhGaussianLatentPolicy(adapter.feature_dim, self.latent_dim, head.hidden_dim, head.num_layers, head.bound, head.encoder_dim)
+        self.make_optimizer("actor", self.actor.parameters(), cfg.actor_lr)
+        self.init_dual_critics()
+        self.init_temperature()
+
+    @torch.no_grad()
+    def act(self, features, deterministic=False):
+        return self.actor(features, deterministic)[0]
+
+    def head_modules(self):
+        return {"actor": self.actor}
+
+    def update(self, batch):
+        s = batch["features"]
+        with torch.no_grad():
+            next_z, next_logp = self.actor(batch["next_features"])
+        bonus = -self.alpha * next_logp if self.cfg.backup_entropy else None
+        critic_loss, q = self.action_critic_step(batch, next_z, bonus)
+        distill_loss = sum(self.distill_step(batch) for _ in range(self.cfg.distill_steps)) / self.cfg.distill_steps
+
+        new_z, logp = self.actor(s)
+        q_pi = self.noise_critic.reduce(self.noise_critic(s, new_z), self.cfg.actor_reduction)
+        actor_loss = (self.alpha * logp - q_pi).mean()
+        self.optimizer_step("actor", actor_loss)
+        self.temperature_step(logp)
+        return {"critic_loss": critic_loss.item(), "distill_loss": float(distill_loss), "actor_loss": actor_loss.item(),
+                "q": q.mean().item(), "alpha": self.alpha.item(), "entropy": -logp.mean().item()}

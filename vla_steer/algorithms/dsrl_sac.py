@@ -1,0 +1,60 @@
+"""DSRL-SAC (Wagenmaker et al., 2025): soft actor-critic whose action is the policy's initial noise.
+
+The critic Q^W(s, z) is trained by TD on the latents the head chose; the environment only ever sees
+decode(s, z). Target entropy, number of critics and how the heads combine in the backup are configurable.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from vla_steer.algorithms.base import SteeringAlgorithm, TemperatureMixin
+from vla_steer.steering import CriticEnsemble, TanhGaussianLatentPolicy
+
+
+class DSRLSAC(TemperatureMixin, SteeringAlgorithm):
+    name = "dsrl_sac"
+
+    def __init__(self, cfg, head, adapter, layout, accelerator):
+        super().__init__(cfg, head, adapter, layout, accelerator)
+        F = adapter.feature_dim
+        self.actor = TanhGaussianLatentPolicy(F, self.latent_dim, head.hidden_dim, head.num_layers, head.bound, head.encoder_dim)
+        self.critic = CriticEnsemble(F, self.latent_dim, head.num_critics, head.hidden_dim, head.num_layers, head.encoder_dim)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.make_optimizer("actor", self.actor.parameters(), cfg.actor_lr)
+        self.make_optimizer("critic", self.critic.parameters(), cfg.critic_lr)
+        self.init_temperature()
+
+    @torch.no_grad()
+    def act(self, features, deterministic=False):
+        return self.actor(features, deterministic)[0]
+
+    def head_modules(self):
+        return {"actor": self.actor}
+
+    def update(self, batch):
+        s, z = batch["features"], batch["latent"]
+
+        # Critic: TD on the stored latent, soft (entropy) backup from the target ensemble.
+        with torch.no_grad():
+            next_z, next_logp = self.actor(batch["next_features"])
+            next_q = self.critic.reduce(self.critic_target(batch["next_features"], next_z), self.cfg.backup)
+            if self.cfg.backup_entropy:
+                next_q = next_q - self.alpha * next_logp
+            target = self.td_target(batch, next_q)
+        q = self.critic(s, z)
+        critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
+        self.optimizer_step("critic", critic_loss)
+
+        # Actor: maximise Q^W - alpha * log pi over reparameterised latents.
+        new_z, logp = self.actor(s)
+        q_pi = self.critic.reduce(self.critic(s, new_z), self.cfg.actor_reduction)
+        actor_loss = (self.alpha * logp - q_pi).mean()
+        self.optimizer_step("actor", actor_loss)
+
+        temperature_loss = self.temperature_step(logp)
+        self.soft_update(self.critic_target, self.critic)
+        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "q": q.mean().item(),
+                "alpha": self.alpha.item(), "entropy": -logp.mean().item(), "temperature_loss": temperature_loss.item()}

@@ -1,0 +1,93 @@
+"""LP-DS, Lagrangian perturbation diffusion steering (Simsir & Oguz, ICML 2026).
+
+The latent is ``z = clip(eps + Delta(s), +-bound)`` with ``eps ~ N(0, I)`` kept as exploration. Delta maximises
+Q^W(s, z) subject to the trust region ``E ||Delta(s)||^2 <= delta``, with a multiplier ``lambda`` updated by
+projected dual ascent: ``lambda <- max(0, lambda + dual_lr * (E ||Delta||^2 - delta))``.
+
+Critics: ``action`` = the dual-Q structure of DSRL-NA (Q^A by TD, Q^W distilled on prior noise);
+``latent`` = Q^W trained directly by TD in latent space, for bases whose decode state is too large to
+store in a replay buffer (VLAs with KV caches).
+
+Our choices where the paper is silent (documented in docs/algorithms.md): the multiplier starts at
+``init_multiplier`` (0) with step ``dual_lr`` (0.05), and the actor's Q term is divided by mean |Q| so that
+the multiplier's scale does not depend on the reward scale.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from vla_steer.algorithms.base import SteeringAlgorithm
+from vla_steer.algorithms.dsrl_na import DualCriticMixin
+from vla_steer.steering import CriticEnsemble, ResidualPerturbation
+
+
+class LPDS(DualCriticMixin, SteeringAlgorithm):
+    name = "lpds"
+
+    def __init__(self, cfg, head, adapter, layout, accelerator):
+        super().__init__(cfg, head, adapter, layout, accelerator)
+        self.delta_net = ResidualPerturbation(adapter.feature_dim, self.latent_dim, head.hidden_dim, head.num_layers, head.encoder_dim)
+        self.make_optimizer("actor", self.delta_net.parameters(), cfg.actor_lr)
+        self.register_buffer("multiplier", torch.tensor(float(cfg.init_multiplier)))
+        if cfg.critic == "action":
+            self.init_dual_critics()
+        else:
+            self.noise_critic = CriticEnsemble(adapter.feature_dim, self.latent_dim, head.num_critics, head.hidden_dim, head.num_layers, head.encoder_dim)
+            self.noise_critic_target = copy.deepcopy(self.noise_critic).requires_grad_(False)
+            self.make_optimizer("noise_critic", self.noise_critic.parameters(), cfg.critic_lr)
+
+    def steer(self, features, eps=None):
+        """``(z, Delta)`` with fresh prior noise unless ``eps`` is given."""
+        delta = self.delta_net(features)
+        eps = torch.randn_like(delta) if eps is None else eps
+        bound = self.head_cfg.bound
+        return (eps + delta).clamp(-bound, bound), delta
+
+    @torch.no_grad()
+    def act(self, features, deterministic=False):
+        eps = torch.zeros(features.shape[0], self.latent_dim, device=features.device) if deterministic else None
+        return self.steer(features, eps)[0]
+
+    def head_modules(self):
+        return {"delta": self.delta_net}
+
+    def latent_critic_step(self, batch):
+        with torch.no_grad():
+            next_z, _ = self.steer(batch["next_features"])
+            next_q = self.noise_critic.reduce(self.noise_critic_target(batch["next_features"], next_z), self.cfg.backup)
+            target = self.td_target(batch, next_q)
+        q = self.noise_critic(batch["features"], batch["latent"])
+        loss = 0.5 * (q - target).pow(2).mean(1).sum()
+        self.optimizer_step("noise_critic", loss)
+        self.soft_update(self.noise_critic_target, self.noise_critic)
+        return loss, q
+
+    def update(self, batch):
+        s = batch["features"]
+        # 1. critics
+        if self.cfg.critic == "action":
+            with torch.no_grad():
+                next_z, _ = self.steer(batch["next_features"])
+            critic_loss, q = self.action_critic_step(batch, next_z)
+            distill_loss = sum(self.distill_step(batch) for _ in range(self.cfg.distill_steps)) / self.cfg.distill_steps
+        else:
+            critic_loss, q = self.latent_critic_step(batch)
+            distill_loss = 0.0
+
+        # 2. primal step on Delta: maximise Q^W(s, eps + Delta(s)) - lambda * (||Delta||^2 - delta)
+        z, delta = self.steer(s)
+        q_pi = self.noise_critic.reduce(self.noise_critic(s, z), self.cfg.actor_reduction)
+        if self.cfg.normalize_q:
+            q_pi = q_pi / q_pi.abs().mean().detach().clamp_min(1e-6)
+        delta_sq = delta.pow(2).sum(-1).mean()
+        actor_loss = -q_pi.mean() + self.multiplier * (delta_sq - self.cfg.delta)
+        self.optimizer_step("actor", actor_loss)
+
+        # 3. dual step: projected ascent on the multiplier (averaged over processes so it stays in sync)
+        violation = self.mean_across_processes(delta_sq.detach()) - self.cfg.delta
+        self.multiplier.copy_((self.multiplier + self.cfg.dual_lr * violation).clamp_min(0.0))
+        return {"critic_loss": critic_loss.item(), "distill_loss": float(distill_loss), "actor_loss": actor_loss.item(),
+                "q": q.mean().item(), "delta_sq": delta_sq.item(), "multiplier": self.multiplier.item()}

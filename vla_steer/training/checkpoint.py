@@ -1,0 +1,106 @@
+"""Checkpoints that resume exactly, written as safetensors + JSON only (nothing that can execute code).
+
+A nested state (dicts, lists, tensors, numbers, strings) is split into a JSON skeleton and a flat dict of
+tensors. Directories are written under a temporary name and renamed into place, so a crash mid-write
+leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+TENSOR_KEY = "__tensor__"
+
+
+def split_state(tree: Any, tensors: dict[str, torch.Tensor], prefix: str = "") -> Any:
+    if isinstance(tree, torch.Tensor):
+        name = prefix or "root"
+        tensors[name] = tree.detach().cpu().contiguous()
+        return {TENSOR_KEY: name}
+    if isinstance(tree, dict):
+        return {str(k): split_state(v, tensors, f"{prefix}/{k}") for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [split_state(v, tensors, f"{prefix}/{i}") for i, v in enumerate(tree)]
+    if isinstance(tree, (np.integer, np.floating)):
+        return tree.item()
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return tree
+    raise TypeError(f"cannot checkpoint a {type(tree).__name__} at {prefix!r}")
+
+
+def join_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {TENSOR_KEY}:
+            return tensors[skeleton[TENSOR_KEY]]
+        return {k: join_state(v, tensors) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [join_state(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def _int_keys(tree: Any) -> Any:
+    """JSON turns int dict keys (optimizer ``state``) into strings; turn them back."""
+    if isinstance(tree, dict):
+        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_int_keys(v) for v in tree]
+    return tree
+
+
+def save_tree(directory: Path, name: str, tree: Any) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = split_state(tree, tensors)
+    save_file(tensors, directory / f"{name}.safetensors")
+    (directory / f"{name}.json").write_text(json.dumps(skeleton))
+
+
+def load_tree(directory: Path, name: str) -> Any:
+    tensors = load_file(directory / f"{name}.safetensors")
+    return join_state(json.loads((directory / f"{name}.json").read_text()), tensors)
+
+
+def load_optimizer_tree(directory: Path, name: str) -> Any:
+    return _int_keys(load_tree(directory, name))
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].to(torch.uint8))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def write_atomically(final_dir: Path, write) -> None:
+    """Call ``write(tmp_dir)`` then replace ``final_dir`` with it in one rename."""
+    final_dir = Path(final_dir)
+    tmp = final_dir.with_name(final_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = final_dir.with_name(final_dir.name + ".old")
+    if final_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final_dir, old)
+    os.replace(tmp, final_dir)
+    shutil.rmtree(old, ignore_errors=True)
