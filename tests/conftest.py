@@ -21,7 +21,7 @@ def tiny_recipe_dict(tmp_path, **sections) -> dict:
         "train": {"total_env_steps": 160, "warmup_env_steps": 40, "eval_every": 80, "eval_episodes": 2,
                   "eval_num_envs": 2, "entropy_states": 4, "entropy_draws": 8, "checkpoint_every": 40,
                   "output_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path.parent / "vla_steer_cache"),
-                  "show_progress": False, "buffer_size": 10_000},
+                  "show_progress": False, "buffer_size": 10_000, "torch_threads": 1},
     }
     for section, values in sections.items():
         recipe[section] = {**recipe.get(section, {}), **values} if isinstance(values, dict) else values

@@ -32,9 +32,11 @@ class DiffusionChunkPolicy(ChunkPolicy):
         return self._masked_mse(pred, noise, pad_mask)
 
     def ddim_timesteps(self) -> list[int]:
-        """Evenly spaced ("leading") subset of training steps, highest first."""
-        ratio = self.config.num_train_timesteps // self.config.num_inference_steps
-        return [i * ratio for i in reversed(range(self.config.num_inference_steps))]
+        """Evenly spaced subset of training steps, highest first, "trailing" so sampling starts at the last
+        training step (where the model was trained on pure noise), e.g. 100 / 5 -> [99, 79, 59, 39, 19]."""
+        total, steps = self.config.num_train_timesteps, self.config.num_inference_steps
+        ratio = total // steps
+        return [total - 1 - i * ratio for i in range(steps)]
 
     def sample_normalized(self, cond, noise):
         x = noise

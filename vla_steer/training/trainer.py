@@ -49,6 +49,16 @@ def check_finite(name: str, value: np.ndarray, step: int) -> None:
         )
 
 
+def step_info(info: dict, done: np.ndarray, key: str) -> np.ndarray:
+    """Per-env value of ``key`` from a SAME_STEP-autoreset vector info: finished envs report it in ``final_info``."""
+    values = np.zeros(len(done), dtype=np.float64)
+    for source, rows in ((info, ~done), (info.get("final_info", {}), done)):
+        if key in source:
+            present = np.asarray(source.get(f"_{key}", np.ones(len(done), bool)), bool) & rows
+            values[present] = np.asarray(source[key], dtype=np.float64)[present]
+    return values
+
+
 def make_vector_env(recipe: Recipe, num_envs: int, seed: int, n_action_steps: int) -> gym.vector.VectorEnv:
     e = recipe.env
 
@@ -68,8 +78,9 @@ class SteeringTrainer:
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
         self.output_dir = Path(t.output_dir)
+        # cpu=True only when no GPU exists: it is what lets torchrun-launched CPU processes form a gloo group
         self.accelerator = accelerator or Accelerator(
-            mixed_precision=t.mixed_precision, log_with=t.log_with or None, project_dir=str(self.output_dir))
+            cpu=not torch.cuda.is_available(), mixed_precision=t.mixed_precision, log_with=t.log_with or None, project_dir=str(self.output_dir))
         acc = self.accelerator
         set_seed(t.seed)  # same on every process: identical head / critic initialisation
         if adapter is None:
@@ -122,7 +133,7 @@ class SteeringTrainer:
         check_finite("reward", reward, self.env_steps)
         check_finite("observation", next_obs, self.env_steps)
         done = terminated | truncated
-        chunk_steps = np.asarray(info["chunk_steps"])
+        chunk_steps = step_info(info, done, "chunk_steps").astype(int)
         self.env_steps += int(chunk_steps.sum())
 
         stored_next = next_obs.copy()
@@ -142,18 +153,18 @@ class SteeringTrainer:
             transition["decode_state"] = context.decode_state
             transition["next_decode_state"] = next_context.decode_state
         self.buffer.add(transition)
-        self._track_train_episodes(reward, done, chunk_steps, info)
+        self._track_train_episodes(reward, done, chunk_steps, step_info(info, done, "is_success") > 0)
         # the context to act from next: reuse the encode unless an episode restarted
         acting_context = self.adapter.encode(self._obs_tensor(next_obs)) if done.any() else next_context
         return next_obs, acting_context
 
-    def _track_train_episodes(self, reward, done, chunk_steps, info):
+    def _track_train_episodes(self, reward, done, chunk_steps, success):
         n = len(reward)
         if not hasattr(self, "_ep_return"):
             self._ep_return, self._ep_len, self._ep_success = np.zeros(n), np.zeros(n, int), np.zeros(n, bool)
         self._ep_return += reward
         self._ep_len += chunk_steps
-        self._ep_success |= np.asarray(info["is_success"], bool)
+        self._ep_success |= success
         for i in np.nonzero(done)[0]:
             self.train_episodes["return"].append(float(self._ep_return[i]))
             self.train_episodes["success"].append(bool(self._ep_success[i]))
@@ -197,11 +208,11 @@ class SteeringTrainer:
                 if hasattr(self.algo, "delta_net") and mode == "policy":
                     extra.append(self.algo.delta_net(context.features).norm(dim=-1))
             obs, reward, terminated, truncated, info = envs.step(actions.cpu().numpy())
-            active = finished < quota
+            active, done = finished < quota, terminated | truncated
             ep_return += reward * active
-            ep_len += np.asarray(info["chunk_steps"]) * active
-            ep_success |= np.asarray(info["is_success"], bool) & active
-            for i in np.nonzero((terminated | truncated) & active)[0]:
+            ep_len += step_info(info, done, "chunk_steps").astype(int) * active
+            ep_success |= (step_info(info, done, "is_success") > 0) & active
+            for i in np.nonzero(done & active)[0]:
                 returns.append(float(ep_return[i])); successes.append(bool(ep_success[i])); lengths.append(int(ep_len[i]))
                 finished[i] += 1
                 ep_return[i], ep_len[i], ep_success[i] = 0.0, 0, False
