@@ -1,0 +1,46 @@
+"""Table (markdown) and summary JSON over every results JSON in benchmarks/results/.
+
+    python benchmarks/summarize.py
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    groups = defaultdict(list)
+    for path in sorted(RESULTS.glob("*_seed*.json")):
+        r = json.loads(path.read_text())
+        groups[(r["task"], r["method"])].append(r)
+    rows, summary = [], []
+    header = "| task | method | seeds | env steps | base success | steered success | lift (points) | base return | steered return | base entropy | steered entropy | minutes |"
+    rows += [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (task, method), runs in sorted(groups.items()):
+        get = lambda part, key: np.array([r[part][key] for r in runs], dtype=float)  # noqa: E731
+        bs, ss = get("base", "success_rate"), get("final", "success_rate")
+        br, sr = get("base", "return_mean"), get("final", "return_mean")
+        be, se = get("base", "action_entropy"), get("final", "action_entropy")
+        lift = 100 * (ss - bs)
+        minutes = np.array([r["wall_time_s"] / 60 for r in runs])
+        fmt = lambda a, s=1.0, d=2: f"{(a * s).mean():.{d}f} ± {(a * s).std():.{d}f}"  # noqa: E731
+        rows.append(f"| {task} | {method} | {len(runs)} | {int(np.mean([r['env_steps'] for r in runs]))} | {fmt(bs)} | {fmt(ss)} | "
+                    f"{fmt(lift, d=0)} | {fmt(br, d=1)} | {fmt(sr, d=1)} | {fmt(be)} | {fmt(se)} | {minutes.max():.1f} |")
+        summary.append({"task": task, "method": method, "seeds": [r["seed"] for r in runs],
+                        "base_success": bs.tolist(), "steered_success": ss.tolist(), "lift_points_mean": float(lift.mean()),
+                        "lift_points_std": float(lift.std()), "base_return": br.tolist(), "steered_return": sr.tolist(),
+                        "base_entropy": be.tolist(), "steered_entropy": se.tolist(), "max_minutes": float(minutes.max())})
+    table = "\n".join(rows)
+    print(table)
+    (RESULTS / "summary.md").write_text(table + "\n\nmean ± std over seeds; success over 50 evaluation episodes per run.\n")
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
