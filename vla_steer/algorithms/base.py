@@ -13,6 +13,7 @@ from torch import nn
 
 from vla_steer.adapters.base import LatentLayout, SteerableAdapter
 from vla_steer.config import AlgorithmConfig, HeadConfig
+from vla_steer.steering import TanhGaussianLatentPolicy
 
 
 class SteeringAlgorithm(nn.Module):
@@ -96,14 +97,26 @@ class SteeringAlgorithm(nn.Module):
             self.optimizers[name].load_state_dict(state)
 
 
-class TemperatureMixin:
-    """SAC's entropy temperature, log-parameterised, tuned toward a target entropy."""
+class SACActorMixin:
+    """The DSRL actor: a tanh-Gaussian latent policy with SAC's entropy temperature (log-parameterised,
+    tuned toward a target entropy). Shared by DSRL-SAC and DSRL-NA, which differ only in their critics."""
 
-    def init_temperature(self):
+    def init_sac_actor(self):
+        head = self.head_cfg
+        self.actor = TanhGaussianLatentPolicy(self.adapter.feature_dim, self.latent_dim, head.hidden_dim,
+                                              head.num_layers, head.bound, head.encoder_dim)
+        self.make_optimizer("actor", self.actor.parameters(), self.cfg.actor_lr)
         self.log_alpha = nn.Parameter(torch.tensor(float(self.cfg.init_temperature)).log())
         target = self.cfg.target_entropy
         self.target_entropy = -self.latent_dim / 2.0 if target == "auto" else float(target)
         self.make_optimizer("temperature", [self.log_alpha], self.cfg.temperature_lr)
+
+    @torch.no_grad()
+    def act(self, features, deterministic=False):
+        return self.actor(features, deterministic)[0]
+
+    def head_modules(self):
+        return {"actor": self.actor}
 
     @property
     def alpha(self) -> torch.Tensor:

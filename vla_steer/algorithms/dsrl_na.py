@@ -11,8 +11,8 @@ import copy
 
 import torch
 
-from vla_steer.algorithms.base import SteeringAlgorithm, TemperatureMixin
-from vla_steer.steering import CriticEnsemble, TanhGaussianLatentPolicy
+from vla_steer.algorithms.base import SteeringAlgorithm, SACActorMixin
+from vla_steer.steering import CriticEnsemble
 
 
 class DualCriticMixin:
@@ -50,22 +50,13 @@ class DualCriticMixin:
         return loss
 
 
-class DSRLNA(DualCriticMixin, TemperatureMixin, SteeringAlgorithm):
+class DSRLNA(DualCriticMixin, SACActorMixin, SteeringAlgorithm):
     name = "dsrl_na"
 
     def __init__(self, cfg, head, adapter, layout, accelerator):
         super().__init__(cfg, head, adapter, layout, accelerator)
-        self.actor = TanhGaussianLatentPolicy(adapter.feature_dim, self.latent_dim, head.hidden_dim, head.num_layers, head.bound, head.encoder_dim)
-        self.make_optimizer("actor", self.actor.parameters(), cfg.actor_lr)
+        self.init_sac_actor()
         self.init_dual_critics()
-        self.init_temperature()
-
-    @torch.no_grad()
-    def act(self, features, deterministic=False):
-        return self.actor(features, deterministic)[0]
-
-    def head_modules(self):
-        return {"actor": self.actor}
 
     def update(self, batch):
         s = batch["features"]

@@ -10,29 +10,20 @@ import copy
 
 import torch
 
-from vla_steer.algorithms.base import SteeringAlgorithm, TemperatureMixin
-from vla_steer.steering import CriticEnsemble, TanhGaussianLatentPolicy
+from vla_steer.algorithms.base import SteeringAlgorithm, SACActorMixin
+from vla_steer.steering import CriticEnsemble
 
 
-class DSRLSAC(TemperatureMixin, SteeringAlgorithm):
+class DSRLSAC(SACActorMixin, SteeringAlgorithm):
     name = "dsrl_sac"
 
     def __init__(self, cfg, head, adapter, layout, accelerator):
         super().__init__(cfg, head, adapter, layout, accelerator)
+        self.init_sac_actor()
         F = adapter.feature_dim
-        self.actor = TanhGaussianLatentPolicy(F, self.latent_dim, head.hidden_dim, head.num_layers, head.bound, head.encoder_dim)
         self.critic = CriticEnsemble(F, self.latent_dim, head.num_critics, head.hidden_dim, head.num_layers, head.encoder_dim)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.make_optimizer("actor", self.actor.parameters(), cfg.actor_lr)
         self.make_optimizer("critic", self.critic.parameters(), cfg.critic_lr)
-        self.init_temperature()
-
-    @torch.no_grad()
-    def act(self, features, deterministic=False):
-        return self.actor(features, deterministic)[0]
-
-    def head_modules(self):
-        return {"actor": self.actor}
 
     def update(self, batch):
         s, z = batch["features"], batch["latent"]
