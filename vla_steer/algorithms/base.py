@@ -89,6 +89,20 @@ class SteeringAlgorithm(nn.Module):
         """r + discount * (1 - terminated) * next_q. Time-limit truncation is *not* terminal: it bootstraps."""
         return batch["reward"] + batch["discount"] * (1.0 - batch["terminated"]) * next_q
 
+    def td_critic_step(self, optimizer: str, critic, critic_target, batch, inputs, next_inputs, next_bonus=None):
+        """One TD step of a critic ensemble on ``(features, inputs)`` with target ``r + discount * Q_targ(s', next_inputs)``
+        (plus ``next_bonus``, e.g. SAC's entropy term), then a soft update of the target. Returns ``(loss, q)``."""
+        with torch.no_grad():
+            next_q = critic.reduce(critic_target(batch["next_features"], next_inputs), self.cfg.backup)
+            if next_bonus is not None:
+                next_q = next_q + next_bonus
+            target = self.td_target(batch, next_q)
+        q = critic(batch["features"], inputs)
+        loss = 0.5 * (q - target).pow(2).mean(1).sum()  # summed over heads: each head learns at the full rate
+        self.optimizer_step(optimizer, loss)
+        self.soft_update(critic_target, critic)
+        return loss, q
+
     def optimizer_state_dicts(self) -> dict:
         return {name: opt.state_dict() for name, opt in self.optimizers.items()}
 

@@ -26,18 +26,11 @@ class DualCriticMixin:
         self.make_optimizer("action_critic", self.action_critic.parameters(), self.cfg.critic_lr)
         self.make_optimizer("noise_critic", self.noise_critic.parameters(), self.cfg.critic_lr)
 
-    def action_critic_step(self, batch, next_latent, next_entropy_bonus=None):
+    def action_critic_step(self, batch, next_latent, next_bonus=None):
         with torch.no_grad():
             next_action = self.decode_executed(batch["next_features"], batch["next_decode_state"], next_latent)
-            next_q = self.action_critic.reduce(self.action_critic_target(batch["next_features"], next_action), self.cfg.backup)
-            if next_entropy_bonus is not None:
-                next_q = next_q + next_entropy_bonus
-            target = self.td_target(batch, next_q)
-        q = self.action_critic(batch["features"], batch["action"])
-        loss = 0.5 * (q - target).pow(2).mean(1).sum()
-        self.optimizer_step("action_critic", loss)
-        self.soft_update(self.action_critic_target, self.action_critic)
-        return loss, q
+        return self.td_critic_step("action_critic", self.action_critic, self.action_critic_target, batch,
+                                   batch["action"], next_action, next_bonus)
 
     def distill_step(self, batch):
         """Q^W_i(s, z) <- Q^A_i(s, decode(s, z)) on prior latents (each head copies its twin)."""

@@ -31,13 +31,8 @@ class DSRLSAC(SACActorMixin, SteeringAlgorithm):
         # Critic: TD on the stored latent, soft (entropy) backup from the target ensemble.
         with torch.no_grad():
             next_z, next_logp = self.actor(batch["next_features"])
-            next_q = self.critic.reduce(self.critic_target(batch["next_features"], next_z), self.cfg.backup)
-            if self.cfg.backup_entropy:
-                next_q = next_q - self.alpha * next_logp
-            target = self.td_target(batch, next_q)
-        q = self.critic(s, z)
-        critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
-        self.optimizer_step("critic", critic_loss)
+        bonus = -self.alpha * next_logp if self.cfg.backup_entropy else None
+        critic_loss, q = self.td_critic_step("critic", self.critic, self.critic_target, batch, z, next_z, bonus)
 
         # Actor: maximise Q^W - alpha * log pi over reparameterised latents.
         new_z, logp = self.actor(s)
@@ -46,6 +41,5 @@ class DSRLSAC(SACActorMixin, SteeringAlgorithm):
         self.optimizer_step("actor", actor_loss)
 
         temperature_loss = self.temperature_step(logp)
-        self.soft_update(self.critic_target, self.critic)
         return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "q": q.mean().item(),
                 "alpha": self.alpha.item(), "entropy": -logp.mean().item(), "temperature_loss": temperature_loss.item()}

@@ -57,13 +57,7 @@ class LPDS(DualCriticMixin, SteeringAlgorithm):
     def latent_critic_step(self, batch):
         with torch.no_grad():
             next_z, _ = self.steer(batch["next_features"])
-            next_q = self.noise_critic.reduce(self.noise_critic_target(batch["next_features"], next_z), self.cfg.backup)
-            target = self.td_target(batch, next_q)
-        q = self.noise_critic(batch["features"], batch["latent"])
-        loss = 0.5 * (q - target).pow(2).mean(1).sum()
-        self.optimizer_step("noise_critic", loss)
-        self.soft_update(self.noise_critic_target, self.noise_critic)
-        return loss, q
+        return self.td_critic_step("noise_critic", self.noise_critic, self.noise_critic_target, batch, batch["latent"], next_z)
 
     def update(self, batch):
         s = batch["features"]

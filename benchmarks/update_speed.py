@@ -1,0 +1,84 @@
+"""Gradient updates per second of each algorithm on one recipe's base, measured in one process.
+
+    python benchmarks/update_speed.py recipes/metaworld_push_lpds.yaml --updates 300
+
+Fills one replay buffer with prior-noise rollouts, then times ``--updates`` updates of every algorithm
+on it, interleaving the algorithms in rounds so that load from other jobs hits them alike. Reported as
+updates/s and as a ratio to DSRL-SAC (the cheapest: it never decodes during an update); only the ratios
+are meant to carry over to another machine. Writes ``benchmarks/results/update_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from vla_steer.algorithms import build_algorithm
+from vla_steer.config import load_recipe
+from vla_steer.training import SteeringTrainer
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = {  # name -> algorithm overrides
+    "dsrl_sac": {"name": "dsrl_sac"},
+    "dsrl_na": {"name": "dsrl_na"},
+    "lpds (action critic)": {"name": "lpds", "critic": "action"},
+    "lpds (latent critic)": {"name": "lpds", "critic": "latent"},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--updates", type=int, default=300, help="timed updates per algorithm")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds the updates are split into")
+    parser.add_argument("--fill-env-steps", type=int, default=2000, help="prior-noise env steps in the buffer")
+    args = parser.parse_args()
+
+    recipe = load_recipe(args.recipe, args.overrides + ["train.show_progress=false", "train.resume=false",
+                                                        "train.output_dir=runs/bench/update_speed"])
+    trainer = SteeringTrainer(recipe)
+    obs, _ = trainer.envs.reset(seed=0)
+    context = trainer.adapter.encode(trainer._obs_tensor(obs))
+    while trainer.env_steps < args.fill_env_steps:
+        obs, context = trainer.collect(obs, context, "prior")
+    trainer.envs.close()
+
+    algorithms = {}
+    for name, fields in VARIANTS.items():
+        cfg = dataclasses.replace(recipe.algorithm, **fields)
+        algorithms[name] = build_algorithm(cfg, recipe.head, trainer.adapter, trainer.layout, trainer.accelerator)
+    generator = torch.Generator().manual_seed(0)
+    seconds = {name: 0.0 for name in algorithms}
+    per_round = max(1, args.updates // args.rounds)
+    for _ in range(args.rounds):
+        for name, algo in algorithms.items():
+            algo.update(trainer.buffer.sample(recipe.algorithm.batch_size, generator))  # warm caches / allocator
+            start = time.perf_counter()
+            for _ in range(per_round):
+                algo.update(trainer.buffer.sample(recipe.algorithm.batch_size, generator))
+            seconds[name] += time.perf_counter() - start
+
+    timed = per_round * args.rounds
+    rates = {name: timed / s for name, s in seconds.items()}
+    result = {
+        "recipe": args.recipe, "overrides": args.overrides, "batch_size": recipe.algorithm.batch_size,
+        "base": {"type": recipe.base.type, "hidden_dim": recipe.base.hidden_dim, "num_inference_steps": recipe.base.num_inference_steps},
+        "torch_threads": torch.get_num_threads(), "updates_timed": timed,
+        "updates_per_s": rates, "ratio_to_dsrl_sac": {name: rate / rates["dsrl_sac"] for name, rate in rates.items()},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "update_speed.json").write_text(json.dumps(result, indent=2))
+    width = max(map(len, rates))
+    for name, rate in rates.items():
+        print(f"{name:<{width}}  {rate:7.1f} updates/s   x{rate / rates['dsrl_sac']:.2f} of dsrl_sac")
+    print(f"{timed} timed updates each -> {RESULTS / 'update_speed.json'}")
+
+
+if __name__ == "__main__":
+    main()
