@@ -32,6 +32,10 @@ def test_train_end_to_end_writes_results_plot_and_head(tiny_recipe, algorithm):
     assert (out / "head" / "head.safetensors").is_file()
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["event"] == "base_eval" and any(l["event"] == "eval" for l in lines)
+    if algorithm == "dsrl_sac":  # a fresh run (resume off) in the same directory starts a new log
+        SteeringTrainer(recipe_from_dict(tiny_recipe(algorithm={"name": algorithm}, train={"resume": False}))).run()
+        rerun = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [l["event"] for l in rerun].count("base_eval") == 1
 
 
 def _params(trainer):

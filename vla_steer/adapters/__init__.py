@@ -8,15 +8,27 @@ __all__ = [
     "FlowHeadAdapter",
     "LatentLayout",
     "NativePolicyAdapter",
+    "PI05Adapter",
+    "PI0Adapter",
+    "SmolVLAAdapter",
     "SteerableAdapter",
     "map_tensors",
 ]
 
 
-def __getattr__(name: str):
-    # Importing LeRobot's diffusion policy (and diffusers) takes seconds: load it only when asked for.
-    if name == "DiffusionPolicyAdapter":
-        from vla_steer.adapters.lerobot_diffusion import DiffusionPolicyAdapter
+# Importing LeRobot's policy modules (diffusers, transformers) takes seconds, and pi0 / pi0.5 need the
+# openpi-patched transformers: each LeRobot adapter is imported only when asked for.
+_LAZY = {
+    "DiffusionPolicyAdapter": "vla_steer.adapters.lerobot_diffusion",
+    "SmolVLAAdapter": "vla_steer.adapters.smolvla",
+    "PI0Adapter": "vla_steer.adapters.pi0",
+    "PI05Adapter": "vla_steer.adapters.pi0",
+}
 
-        return DiffusionPolicyAdapter
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -294,6 +294,15 @@ class SteeringTrainer:
 
     # ---------------------------------------------------------------------------------------------------
     # logging
+    def _trim_metrics_log(self, resumed: bool) -> None:
+        """A fresh run starts a new metrics.jsonl; a resumed one drops what was logged after its checkpoint."""
+        path = self.output_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines()
+                if resumed and line.strip() and json.loads(line).get("iteration", 0) <= self.iteration]
+        path.write_text("".join(line + "\n" for line in kept))
+
     def log(self, record: dict) -> None:
         if not self.accelerator.is_main_process:
             return
@@ -324,6 +333,8 @@ class SteeringTrainer:
         acc, t = self.accelerator, self.recipe.train
         start = time.time()
         resumed = t.resume and self.load_checkpoint()
+        if acc.is_main_process:
+            self._trim_metrics_log(resumed)
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "recipe.json").write_text(json.dumps(self.recipe.to_dict(), indent=2))

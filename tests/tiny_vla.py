@@ -1,0 +1,203 @@
+"""Tiny, offline builds of LeRobot's real SmolVLA for tests and smoke runs (no Hub access, random weights).
+
+``SmolVLAPolicy`` reads its VLM architecture and its processor from ``config.vlm_model_name`` even with
+``load_vlm_weights=False``. :func:`write_tiny_smolvlm` writes a local directory that plays that role: a
+``SmolVLMConfig`` with a few-layer Llama text model and a one-layer vision tower, a word-level tokenizer that
+declares SmolVLM's image special tokens, and the SmolVLM image / video processor configs. Pointing
+``vlm_model_name`` at it builds the real ``SmolVLAPolicy`` in about a second on one CPU thread.
+
+The SmolVLM processor needs the ``num2words`` package at load time (transformers raises without it) and its
+video processor needs torchvision.
+
+Typical use::
+
+    vlm_dir = write_tiny_smolvlm(tmp_path / "vlm")
+    policy = tiny_smolvla_policy(vlm_dir)
+    batch = tiny_smolvla_batch(policy, batch_size=3, seed=0)   # normalised observations + language tokens
+    actions = policy.predict_action_chunk(batch)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Image special tokens SmolVLA's VLAFlowMatching / SmolVLMProcessor look up on the tokenizer, by attribute name.
+IMAGE_SPECIAL_TOKENS = {
+    "fake_image_token": "<fake_token_around_image>",
+    "global_image_token": "<global-img>",
+    "image_token": "<image>",
+    "end_of_utterance_token": "<end_of_utterance>",
+}
+TASK_WORDS = ("pick", "place", "push", "open", "close", "the", "a", "red", "blue", "green", "cube", "block",
+              "drawer", "door", "into", "on", "left", "right", "up", "down")
+DEFAULT_TASKS = ("pick up the red cube", "push the blue block left", "open the drawer", "close the door")
+
+STATE_DIM, ACTION_DIM = 4, 2
+CAMERA_SHAPE = (3, 24, 40)  # not square and not the VLM's size: exercises LeRobot's resize-with-pad
+
+
+def _tokenizer():
+    """A word-level fast tokenizer over ``TASK_WORDS``, with padding, ``<unk>`` and the image special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<|im_start|>", *IMAGE_SPECIAL_TOKENS.values()]
+    vocab = {token: i for i, token in enumerate([*specials, *TASK_WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # the trailing "\n" SmolVLA appends is dropped
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<|im_start|>",
+        additional_special_tokens=list(IMAGE_SPECIAL_TOKENS.values()),
+        extra_special_tokens=dict(IMAGE_SPECIAL_TOKENS),  # becomes tokenizer.fake_image_token_id etc.
+    )
+
+
+def write_tiny_smolvlm(
+    directory: str | Path,
+    *,
+    image_size: int = 32,
+    patch_size: int = 8,
+    scale_factor: int = 2,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    vision_hidden_size: int = 16,
+) -> Path:
+    """Write a tiny SmolVLM (config + tokenizer + processors) to ``directory`` and return its path.
+
+    ``image_size`` must equal SmolVLA's ``resize_imgs_with_padding`` (the vision tower's position embedding has
+    ``(image_size / patch_size)**2`` entries). Each camera becomes ``(image_size / patch_size / scale_factor)**2``
+    prefix tokens (4 with the defaults).
+    """
+    from transformers import SmolVLMConfig
+    from transformers.models.smolvlm import SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
+
+    if (image_size // patch_size) % scale_factor:
+        raise ValueError("scale_factor must divide image_size / patch_size (the connector's pixel shuffle)")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = _tokenizer()
+    text_config = {
+        "model_type": "llama",
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_kv_heads,
+        "head_dim": hidden_size // num_heads,
+        "max_position_embeddings": 256,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision_config = {
+        "hidden_size": vision_hidden_size,
+        "intermediate_size": 2 * vision_hidden_size,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": image_size,
+        "patch_size": patch_size,
+    }
+    SmolVLMConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        scale_factor=scale_factor,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_SPECIAL_TOKENS["image_token"]),
+        pad_token_id=tokenizer.pad_token_id,
+    ).save_pretrained(directory)
+
+    # LeRobot preprocesses images itself; the processors only have to load, so keep them at the tiny size.
+    size = {"longest_edge": image_size}
+    processor = SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessor(size=size, max_image_size=size, do_image_splitting=False),
+        tokenizer=tokenizer,
+        video_processor=SmolVLMVideoProcessor(size=size, max_image_size=size),
+        image_seq_len=(image_size // patch_size // scale_factor) ** 2,
+    )
+    processor.save_pretrained(directory)
+    return directory
+
+
+def tiny_smolvla_config(
+    vlm_dir: str | Path,
+    *,
+    state_dim: int = STATE_DIM,
+    action_dim: int = ACTION_DIM,
+    cameras: int = 1,
+    camera_shape: tuple[int, int, int] = CAMERA_SHAPE,
+    image_size: int = 32,
+    **overrides: Any,
+):
+    """A ``SmolVLAConfig`` on the tiny VLM at ``vlm_dir``: 2 VLM layers, an expert on each (layer 0 self-attention,
+    layer 1 cross-attention, as in SmolVLA's default interleaving), chunks of 8 over 8 padded action dims."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+
+    inputs = {"observation.state": PolicyFeature(FeatureType.STATE, (state_dim,))}
+    inputs.update({f"observation.images.cam{i}": PolicyFeature(FeatureType.VISUAL, tuple(camera_shape))
+                   for i in range(cameras)})
+    fields = dict(
+        input_features=inputs,
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (action_dim,))},
+        vlm_model_name=str(vlm_dir),
+        load_vlm_weights=False,
+        num_vlm_layers=2,
+        num_expert_layers=-1,
+        self_attn_every_n_layers=2,
+        resize_imgs_with_padding=(image_size, image_size),
+        chunk_size=8,
+        n_action_steps=4,
+        max_state_dim=8,
+        max_action_dim=8,
+        num_steps=4,
+        tokenizer_max_length=16,
+        device="cpu",
+    )
+    fields.update(overrides)
+    return SmolVLAConfig(**fields)
+
+
+def tiny_smolvla_policy(vlm_dir: str | Path, *, seed: int = 0, **config_kwargs: Any):
+    """The real ``SmolVLAPolicy`` built from :func:`tiny_smolvla_config`, randomly initialised under ``seed``."""
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    config = tiny_smolvla_config(vlm_dir, **config_kwargs)
+    torch.manual_seed(seed)
+    return SmolVLAPolicy(config)
+
+
+def tokenize_tasks(policy, tasks: list[str]) -> dict[str, torch.Tensor]:
+    """Language tokens and mask as LeRobot's ``TokenizerProcessorStep`` writes them (padded right to the longest)."""
+    from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
+
+    tokenizer = policy.model.vlm_with_expert.processor.tokenizer
+    encoded = tokenizer([f"{task}\n" for task in tasks], padding="longest", padding_side="right",
+                        truncation=True, max_length=policy.config.tokenizer_max_length, return_tensors="pt")
+    return {OBS_LANGUAGE_TOKENS: encoded["input_ids"], OBS_LANGUAGE_ATTENTION_MASK: encoded["attention_mask"].bool()}
+
+
+def tiny_smolvla_batch(policy, batch_size: int, seed: int, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """A normalised observation batch for ``policy``: random state, random [0, 1] images, tokenised tasks.
+
+    Tasks default to ``DEFAULT_TASKS`` in turn, which have different lengths, so the language padding mask matters.
+    """
+    from lerobot.configs.types import FeatureType
+
+    g = torch.Generator().manual_seed(seed)
+    batch = {}
+    for key, feature in policy.config.input_features.items():
+        if feature.type is FeatureType.VISUAL and "empty_camera" not in key:
+            batch[key] = torch.rand((batch_size, *feature.shape), generator=g)
+        elif feature.type is FeatureType.STATE:
+            batch[key] = torch.randn((batch_size, *feature.shape), generator=g)
+    if tasks is None:
+        tasks = [DEFAULT_TASKS[i % len(DEFAULT_TASKS)] for i in range(batch_size)]
+    batch.update(tokenize_tasks(policy, tasks))
+    return batch

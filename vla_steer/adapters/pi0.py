@@ -1,0 +1,288 @@
+"""Adapters for LeRobot's ``PI0Policy`` and ``PI05Policy`` (``lerobot.policies.pi0`` / ``pi05``, lerobot 0.4.4).
+
+Both are flow-matching VLAs: a PaliGemma prefix (SigLIP image tokens + language tokens) is run once into a KV
+cache, then a Gemma action expert integrates a velocity field with Euler steps from the noise (t = 1) to the
+actions (t = 0), attending to that cache. ``PI0Pytorch.sample_actions`` does both halves in one call; the
+adapter splits it at the cache, with LeRobot's own building blocks and no monkeypatching:
+
+* **Encode.** ``policy._preprocess_images`` (resize with padding, [0, 1] -> [-1, 1], empty cameras), the language
+  tokens and mask from the batch, ``embed_prefix``, the prefix-LM masks, then
+  ``paligemma_with_expert.forward(inputs_embeds=[prefix, None], use_cache=True)`` once. ``sample_actions`` throws
+  the prefix hidden states away; the adapter pools them (masked over ``prefix_pad_masks``) into
+  ``Context.features``. pi0 feeds the robot state through the expert (the suffix), so its features also carry the
+  padded state; pi0.5 writes the discretised state into the prompt, so the prefix already holds it.
+  ``Context.decode_state`` keeps the KV cache, ``prefix_pad_masks`` and (pi0) the padded state: too big for a
+  replay buffer, so ``storable=False``.
+* **Decode.** LeRobot's Euler loop over ``denoise_step`` (``dt = -1 / num_steps``, t from 1 down to 1/num_steps)
+  from exactly the given noise ``[B, chunk_size, max_action_dim]``, padded dims included (the expert was trained
+  with noise in all of them), then the slice to the real action dimension, as ``predict_action_chunk`` does. With
+  ``use_cache=False`` the patched Gemma attention concatenates the cache without writing to it, so one context
+  serves any number of decodes. Differentiable in the noise (the policy is frozen, the cache holds no graph).
+* **K draws.** ``repeat_context`` repeats the cache rows (a fresh ``DynamicCache``; the original is untouched).
+
+Identity: ``decode(encode(batch), w)`` equals ``policy.predict_action_chunk(batch, noise=w)``.
+
+Normalisation and tokenisation happen in LeRobot's processor pipelines, outside the policy. Without processors
+``encode`` takes what ``predict_action_chunk`` takes: a batch with the normalised state, images in [0, 1], and
+``observation.language.tokens`` / ``observation.language.attention_mask``; ``decode`` returns normalised actions.
+Pass ``preprocessor`` / ``postprocessor`` (``make_pi0_pre_post_processors`` or a checkpoint's
+``policy_preprocessor.json`` / ``policy_postprocessor.json``) to work with raw observations and a ``task`` string.
+
+Needs the openpi-patched transformers (``scripts/make_pi_env.sh``).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import torch
+from lerobot.policies.pi0 import modeling_pi0
+from lerobot.policies.pi0.modeling_pi0 import PI0Policy
+from lerobot.policies.pi05 import modeling_pi05
+from lerobot.policies.pi05.modeling_pi05 import PI05Policy
+from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
+from transformers.cache_utils import DynamicCache
+
+from vla_steer.adapters.base import Context, SteerableAdapter, map_tensors
+
+Pooling = Literal["mean", "last", "mean+last"]
+
+
+@dataclass
+class PiDecodeState:
+    """What the denoiser needs from one encode: the prefix KV cache, which prefix tokens are real, and (pi0) the
+    padded state, which enters through the expert's suffix."""
+
+    past_key_values: Any  # transformers DynamicCache (4.53) holding [B, kv_heads, L_prefix, head_dim] per layer
+    prefix_pad_masks: torch.Tensor  # [B, L_prefix] bool
+    state: torch.Tensor | None  # [B, max_state_dim] for pi0, None for pi0.5
+
+
+def repeat_kv_cache(cache: Any, k: int) -> Any:
+    """A copy of ``cache`` with every batch row repeated ``k`` times in a row (``[B, ...] -> [B * k, ...]``).
+
+    Built anew rather than with ``DynamicCache.batch_repeat_interleave``, which works in place and would change
+    the context the caller still holds.
+    """
+    repeat = lambda t: t.repeat_interleave(k, dim=0)  # noqa: E731
+    if isinstance(cache, DynamicCache):
+        return DynamicCache.from_legacy_cache(tuple((repeat(key), repeat(value)) for key, value in cache))
+    if isinstance(cache, (tuple, list, dict)):  # legacy ((key, value), ...) format
+        return map_tensors(repeat, cache)
+    raise TypeError(f"cannot repeat a KV cache of type {type(cache).__name__}")
+
+
+class _PiFamilyAdapter(SteerableAdapter):
+    """Shared code of :class:`PI0Adapter` and :class:`PI05Adapter`; they differ in whether the state goes to the
+    expert (pi0) or into the prompt (pi0.5)."""
+
+    _state_in_suffix: bool  # pi0: the state is a token of the expert's suffix; pi0.5: it is text in the prompt
+    _make_att_2d_masks: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # the family's copy of LeRobot's
+
+    def __init__(
+        self,
+        policy: PI0Policy | PI05Policy,
+        num_inference_steps: int | None = None,
+        pooling: Pooling = "mean",
+        include_state: bool = True,
+        preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        if policy._rtc_enabled():  # noqa: SLF001
+            raise ValueError("real-time chunking (rtc_config.enabled) changes the denoiser; steer without it")
+        if pooling not in ("mean", "last", "mean+last"):
+            raise ValueError(f"unknown pooling {pooling!r}; use 'mean', 'last' or 'mean+last'")
+        if num_inference_steps is None:
+            num_inference_steps = policy.config.num_inference_steps
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        self.policy = policy.eval().requires_grad_(False)
+        self.num_inference_steps = int(num_inference_steps)
+        # Keep the policy consistent with the adapter: its own predict_action_chunk integrates the same way.
+        policy.config.num_inference_steps = self.num_inference_steps
+        self.pooling = pooling
+        self.include_state = include_state and self._state_in_suffix
+        self.preprocessor = preprocessor
+        self.postprocessor = postprocessor
+
+    # ------------------------------------------------------------------------------------------------
+    # shapes
+    @property
+    def noise_shape(self) -> tuple[int, int]:
+        return (self.policy.config.chunk_size, self.policy.config.max_action_dim)
+
+    @property
+    def action_dim(self) -> int:
+        return self.policy.config.output_features["action"].shape[0]
+
+    @property
+    def n_action_steps(self) -> int:
+        return self.policy.config.n_action_steps
+
+    @property
+    def hidden_dim(self) -> int:
+        """Width of the VLM's prefix hidden states (2048 for PaliGemma 2B)."""
+        return self.policy.model.paligemma_with_expert.paligemma.config.text_config.hidden_size
+
+    @property
+    def feature_dim(self) -> int:
+        width = self.hidden_dim * (2 if self.pooling == "mean+last" else 1)
+        return width + (self.policy.config.max_state_dim if self.include_state else 0)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.policy.parameters()).device
+
+    # ------------------------------------------------------------------------------------------------
+    # encode
+    def _pool(self, hidden: torch.Tensor, pad_masks: torch.Tensor) -> torch.Tensor:
+        """Masked mean and/or last real token of the prefix hidden states ``[B, L, H]`` -> ``[B, H or 2H]``."""
+        hidden = hidden.float()
+        mask = pad_masks.to(hidden.dtype).unsqueeze(-1)
+        pooled = []
+        if self.pooling in ("mean", "mean+last"):
+            pooled.append((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0))
+        if self.pooling in ("last", "mean+last"):
+            # Prefix = [image tokens..., language tokens (right-padded)]: the last real token is the last True.
+            positions = torch.arange(pad_masks.shape[1], device=pad_masks.device)
+            last = (pad_masks.long() * positions).argmax(dim=1)
+            pooled.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+        return torch.cat(pooled, dim=-1)
+
+    @torch.no_grad()
+    def encode(self, observation: dict[str, Any]) -> Context:
+        if not isinstance(observation, dict):
+            raise TypeError(
+                f"{type(self).__name__}.encode takes a batch dict (images, state, "
+                f"{OBS_LANGUAGE_TOKENS}, {OBS_LANGUAGE_ATTENTION_MASK}), got {type(observation).__name__}"
+            )
+        if self.preprocessor is not None:
+            observation = self.preprocessor(dict(observation))
+        policy, model = self.policy, self.policy.model
+        images, img_masks = policy._preprocess_images(observation)  # noqa: SLF001
+        tokens = observation[OBS_LANGUAGE_TOKENS].to(self.device)
+        token_masks = observation[OBS_LANGUAGE_ATTENTION_MASK].to(self.device).bool()
+        state = policy.prepare_state(observation).to(self.device) if self._state_in_suffix else None
+
+        # The prefix half of PI0Pytorch.sample_actions, step for step.
+        prefix_embs, prefix_pad_masks, prefix_att_masks = model.embed_prefix(images, img_masks, tokens, token_masks)
+        prefix_att_2d_masks = self._make_att_2d_masks(prefix_pad_masks, prefix_att_masks)
+        prefix_position_ids = torch.cumsum(prefix_pad_masks, dim=1) - 1
+        prefix_att_2d_masks_4d = model._prepare_attention_masks_4d(prefix_att_2d_masks)  # noqa: SLF001
+        backbone = model.paligemma_with_expert
+        backbone.paligemma.language_model.config._attn_implementation = "eager"  # noqa: SLF001
+        (prefix_out, _), past_key_values = backbone.forward(
+            attention_mask=prefix_att_2d_masks_4d,
+            position_ids=prefix_position_ids,
+            past_key_values=None,
+            inputs_embeds=[prefix_embs, None],
+            use_cache=True,
+        )
+
+        features = self._pool(prefix_out, prefix_pad_masks)
+        if self.include_state:
+            features = torch.cat([features, state.float()], dim=-1)
+        return Context(
+            features=features,
+            decode_state=PiDecodeState(past_key_values, prefix_pad_masks, state),
+            storable=False,
+        )
+
+    def repeat_context(self, context: Context, k: int) -> Context:
+        state: PiDecodeState = context.decode_state
+        repeat = lambda t: t.repeat_interleave(k, dim=0)  # noqa: E731
+        return Context(
+            features=repeat(context.features),
+            decode_state=PiDecodeState(
+                past_key_values=repeat_kv_cache(state.past_key_values, k),
+                prefix_pad_masks=repeat(state.prefix_pad_masks),
+                state=None if state.state is None else repeat(state.state),
+            ),
+            storable=False,
+            extras=context.extras,
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    # decode
+    @abc.abstractmethod
+    def _velocity(self, state: PiDecodeState, x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """One ``denoise_step`` of the expert: the velocity at ``x_t``, time ``timestep`` ``[B]``."""
+
+    def denoise(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
+        """Euler from ``noise`` (t = 1) to the padded chunk ``[B, chunk_size, max_action_dim]`` (t = 0).
+
+        The loop of ``sample_actions`` (same time grid, same float32 arithmetic); differentiable in ``noise``.
+        """
+        batch = context.batch_size
+        if tuple(noise.shape) != (batch, *self.noise_shape):
+            raise ValueError(
+                f"noise must be [{batch}, {self.noise_shape[0]}, {self.noise_shape[1]}] (padded action dims "
+                f"included) for this context, got {tuple(noise.shape)}"
+            )
+        device = self.device
+        dt = -1.0 / self.num_inference_steps
+        x_t = noise.to(device=device, dtype=torch.float32)
+        for step in range(self.num_inference_steps):
+            time = torch.tensor(1.0 + step * dt, dtype=torch.float32, device=device).expand(batch)
+            x_t = x_t + dt * self._velocity(context.decode_state, x_t, time)
+        return x_t
+
+    def decode(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
+        """Actions ``[B, chunk_size, action_dim]``: the chunk ``predict_action_chunk`` returns for ``noise``.
+
+        Normalised unless a ``postprocessor`` was given.
+        """
+        actions = self.denoise(context, noise)[:, :, : self.action_dim]
+        if self.postprocessor is not None:
+            actions = self.postprocessor(actions)
+        return actions
+
+
+class PI0Adapter(_PiFamilyAdapter):
+    """Steer a frozen LeRobot ``PI0Policy`` through its initial flow-matching noise.
+
+    Args:
+        policy: the policy; it is frozen in place (``eval()``, ``requires_grad_(False)``).
+        num_inference_steps: Euler steps per decode; ``None`` keeps ``config.num_inference_steps`` (10). A value is
+            written back to the config, so the policy's own ``predict_action_chunk`` integrates the same way.
+        pooling: how the prefix hidden states become features: masked ``"mean"`` over the real tokens,
+            the ``"last"`` real token, or both concatenated (``"mean+last"``).
+        include_state: append the padded (normalised) state ``[max_state_dim]`` to the features. pi0 does not see
+            the state in its prefix, so without it the head is blind to proprioception.
+        preprocessor / postprocessor: optional LeRobot processor pipelines (see the module docstring).
+    """
+
+    family = "pi0"
+    _state_in_suffix = True
+    _make_att_2d_masks = staticmethod(modeling_pi0.make_att_2d_masks)
+
+    def _velocity(self, state: PiDecodeState, x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.policy.model.denoise_step(
+            state=state.state, prefix_pad_masks=state.prefix_pad_masks, past_key_values=state.past_key_values,
+            x_t=x_t, timestep=timestep,
+        )
+
+
+class PI05Adapter(_PiFamilyAdapter):
+    """Steer a frozen LeRobot ``PI05Policy`` (pi0.5). The state is in the prompt, so features are the pooled prefix.
+
+    Arguments as :class:`PI0Adapter`, without ``include_state``.
+    """
+
+    family = "pi05"
+    _state_in_suffix = False
+    _make_att_2d_masks = staticmethod(modeling_pi05.make_att_2d_masks)
+
+    def __init__(self, policy: PI05Policy, num_inference_steps: int | None = None, pooling: Pooling = "mean",
+                 preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        super().__init__(policy, num_inference_steps, pooling, include_state=False,
+                         preprocessor=preprocessor, postprocessor=postprocessor)
+
+    def _velocity(self, state: PiDecodeState, x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.policy.model.denoise_step(
+            prefix_pad_masks=state.prefix_pad_masks, past_key_values=state.past_key_values,
+            x_t=x_t, timestep=timestep,
+        )

@@ -1,0 +1,230 @@
+"""Adapter for LeRobot's ``SmolVLAPolicy`` (``lerobot.policies.smolvla``, checked against lerobot 0.4.4).
+
+SmolVLA is a flow-matching VLA: a truncated SmolVLM reads the cameras, the task text and one projected state
+token (the *prefix*), and a smaller action expert denoises a chunk ``[chunk_size, max_action_dim]`` by Euler
+integration from ``t = 1`` (noise) to ``t = 0`` (actions), attending to the prefix's key/value cache.
+
+What the adapter does with the policy:
+
+* **Freezing.** ``eval()`` and ``requires_grad_(False)``.
+* **Encode** = the prefix half of ``VLAFlowMatching.sample_actions``: ``prepare_images`` (resize with padding,
+  [0, 1] -> [-1, 1]), ``prepare_state`` (pad to ``max_state_dim``), ``embed_prefix``, the prefix attention mask,
+  and one ``vlm_with_expert.forward`` over the prefix with ``fill_kv_cache=True``. The VLM runs exactly once.
+  ``Context.decode_state`` is ``{"past_key_values": {layer: {"key_states", "value_states"}},
+  "prefix_pad_masks": [B, L]}``: far too big for a replay buffer, so the context is not storable.
+  ``Context.features`` pools the prefix hidden states (after the VLM's final norm) that LeRobot computes and
+  discards: ``"mean"`` over the valid prefix tokens, ``"last"`` = the last valid token, which is the projected
+  state token and attends to the whole prefix, or ``"mean+last"`` (default), both concatenated.
+* **Decode** = the other half: ``config.num_steps`` Euler steps over ``VLAFlowMatching.denoise_step`` from
+  exactly the given noise, at the same float32 times LeRobot uses. The cache is only read (the expert
+  concatenates or cross-attends to it), so one encode serves any number of decodes. The result is unpadded to
+  the real action dimension and, when ``config.adapt_to_pi_aloha`` is set, mapped to the Aloha convention, as
+  ``SmolVLAPolicy.predict_action_chunk`` does. Real-time chunking (RTC) guidance is not supported.
+* **K draws.** :meth:`repeat_context` (the base implementation) repeat-interleaves every cached tensor, so
+  ``B * K`` noise draws run as one batched decode.
+
+Shapes: ``noise_shape = (chunk_size, max_action_dim)``, padded dims included (the expert was trained with noise
+in all of them); ``decode`` returns the whole chunk ``[B, chunk_size, action_dim]``, of which the environment
+executes the first ``n_action_steps`` rows.
+
+Normalisation. As for every LeRobot 0.4.4 policy, SmolVLA itself works in normalised space: the state is
+normalised (mean/std by default), images stay in [0, 1], and the task text is tokenised, all by the separate
+policy preprocessor (``make_smolvla_pre_post_processors`` or a checkpoint's ``policy_preprocessor.json``); the
+actions it returns are normalised and the postprocessor unnormalises them. The adapter follows the policy:
+without processors, ``encode`` takes a *preprocessed* batch (normalised ``observation.state``, camera images,
+``observation.language.tokens`` and ``observation.language.attention_mask``) and ``decode`` returns normalised
+actions, exactly what ``predict_action_chunk`` returns. Pass ``preprocessor`` / ``postprocessor`` to work with
+raw observations (plus a ``"task"`` string or list of strings) and environment-space actions instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import torch
+from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, make_att_2d_masks
+from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE
+
+from vla_steer.adapters.base import Context, SteerableAdapter
+
+Pooling = Literal["mean", "last", "mean+last"]
+POOLINGS: tuple[str, ...] = ("mean", "last", "mean+last")
+
+
+class SmolVLAAdapter(SteerableAdapter):
+    """Steer a frozen LeRobot ``SmolVLAPolicy`` through the initial noise of its flow-matching expert.
+
+    Args:
+        policy: the policy; it is frozen in place (``eval()``, ``requires_grad_(False)``).
+        pooling: how ``Context.features`` summarises the VLM prefix: ``"mean"`` (masked mean over valid prefix
+            tokens), ``"last"`` (the state token) or ``"mean+last"`` (both, concatenated).
+        num_steps: Euler steps per decode. ``None`` keeps ``config.num_steps``; a value is written back to the
+            config so the policy's own ``predict_action_chunk`` integrates the same way.
+        preprocessor: optional LeRobot policy preprocessor (tokenises the task, normalises the state) applied in
+            ``encode``.
+        postprocessor: optional LeRobot policy postprocessor (unnormalises actions, moves them to the CPU)
+            applied at the end of ``decode``.
+    """
+
+    family = "smolvla"
+
+    def __init__(
+        self,
+        policy: SmolVLAPolicy,
+        pooling: Pooling = "mean+last",
+        num_steps: int | None = None,
+        preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        config = policy.config
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+        if not config.use_cache:
+            # Without the cache LeRobot's denoise step cannot read the prefix (it ignores it or fails).
+            raise ValueError("SmolVLAAdapter needs config.use_cache=True (the prefix KV cache is the decode state)")
+        if config.rtc_config is not None and config.rtc_config.enabled:
+            raise ValueError("real-time chunking changes the denoiser per call; disable config.rtc_config to steer")
+        if num_steps is not None:
+            if num_steps < 1:
+                raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+            config.num_steps = int(num_steps)
+
+        self.policy = policy.eval().requires_grad_(False)
+        self.pooling = pooling
+        self.preprocessor = preprocessor
+        self.postprocessor = postprocessor
+
+    # ------------------------------------------------------------------------------------------------
+    # shapes
+    @property
+    def noise_shape(self) -> tuple[int, int]:
+        return (self.policy.config.chunk_size, self.policy.config.max_action_dim)
+
+    @property
+    def action_dim(self) -> int:
+        return self.policy.config.action_feature.shape[0]
+
+    @property
+    def n_action_steps(self) -> int:
+        return self.policy.config.n_action_steps
+
+    @property
+    def num_steps(self) -> int:
+        return self.policy.config.num_steps
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the VLM's text model, i.e. of one prefix hidden state (from the VLM config, no forward pass)."""
+        return self.policy.model.vlm_with_expert.config.text_config.hidden_size
+
+    @property
+    def feature_dim(self) -> int:
+        return self.hidden_size * (2 if self.pooling == "mean+last" else 1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.policy.parameters()).device
+
+    # ------------------------------------------------------------------------------------------------
+    # encode
+    def _check_observation(self, observation: Any) -> None:
+        config = self.policy.config
+        if not isinstance(observation, dict):
+            raise TypeError(
+                "SmolVLAAdapter.encode takes a dict of tensors (the policy's preprocessed batch), "
+                f"got {type(observation).__name__}"
+            )
+        required = [OBS_STATE, OBS_LANGUAGE_TOKENS, OBS_LANGUAGE_ATTENTION_MASK]
+        missing = [key for key in required if key not in observation]
+        if not any(key in observation for key in config.image_features):
+            missing.append(f"one of the cameras ({', '.join(config.image_features)})")
+        if missing:
+            hint = ""
+            if OBS_LANGUAGE_TOKENS in missing:
+                hint = (" Language tokens come from the policy preprocessor (TokenizerProcessorStep): run it on the"
+                        " batch first or give the adapter preprocessor=.")
+            raise ValueError(f"SmolVLA observation is missing {', '.join(missing)}.{hint}")
+        state = observation[OBS_STATE]
+        if state.shape[-1] > config.max_state_dim:
+            raise ValueError(f"{OBS_STATE} has {state.shape[-1]} dims, more than max_state_dim={config.max_state_dim}")
+
+    def _pool(self, prefix_out: torch.Tensor, pad_masks: torch.Tensor) -> torch.Tensor:
+        """Summarise ``prefix_out [B, L, H]`` over the valid positions of ``pad_masks [B, L]``."""
+        pad_masks = pad_masks.bool()
+        mask = pad_masks.to(prefix_out.dtype).unsqueeze(-1)
+        mean = (prefix_out * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+        # The state token is the last valid position (embed_prefix may append padding after it).
+        positions = torch.arange(pad_masks.shape[1], device=pad_masks.device)
+        last_index = torch.where(pad_masks, positions, -1).amax(dim=1)
+        last = prefix_out[torch.arange(prefix_out.shape[0], device=prefix_out.device), last_index]
+        pooled = {"mean": [mean], "last": [last], "mean+last": [mean, last]}[self.pooling]
+        return torch.cat(pooled, dim=-1).float()
+
+    @torch.no_grad()
+    def encode(self, observation: dict[str, torch.Tensor]) -> Context:
+        if self.preprocessor is not None:
+            observation = self.preprocessor(dict(observation))
+        self._check_observation(observation)
+        policy, model = self.policy, self.policy.model
+
+        batch = dict(observation)
+        if policy.config.adapt_to_pi_aloha:  # LeRobot converts the state in place; work on a copy
+            batch[OBS_STATE] = policy._pi_aloha_decode_state(batch[OBS_STATE].clone())
+        images, img_masks = policy.prepare_images(batch)
+        state = policy.prepare_state(batch)
+        prefix_embs, prefix_pad_masks, prefix_att_masks = model.embed_prefix(
+            images, img_masks, batch[OBS_LANGUAGE_TOKENS], batch[OBS_LANGUAGE_ATTENTION_MASK], state=state
+        )
+        (prefix_out, _), past_key_values = model.vlm_with_expert.forward(
+            attention_mask=make_att_2d_masks(prefix_pad_masks, prefix_att_masks),
+            position_ids=torch.cumsum(prefix_pad_masks, dim=1) - 1,
+            past_key_values=None,
+            inputs_embeds=[prefix_embs, None],
+            use_cache=True,
+            fill_kv_cache=True,
+        )
+        decode_state = {"past_key_values": past_key_values, "prefix_pad_masks": prefix_pad_masks}
+        return Context(features=self._pool(prefix_out, prefix_pad_masks), decode_state=decode_state, storable=False)
+
+    def context_from_storage(self, features: torch.Tensor, decode_state: torch.Tensor) -> Context:
+        raise NotImplementedError(
+            "SmolVLA contexts hold a KV cache and are not stored in the replay buffer; re-encode the observation"
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    # decode
+    def denoise(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
+        """Euler-integrate the expert from ``noise`` at ``t = 1`` to ``t = 0``; returns ``[B, chunk, max_action_dim]``.
+
+        Differentiable in ``noise``; call it under ``torch.no_grad()`` when no gradient is needed.
+        """
+        prefix_pad_masks = context.decode_state["prefix_pad_masks"]
+        past_key_values = context.decode_state["past_key_values"]
+        batch_size = prefix_pad_masks.shape[0]
+        if tuple(noise.shape[1:]) != self.noise_shape or noise.shape[0] != batch_size:
+            raise ValueError(
+                f"noise must be [{batch_size}, {self.noise_shape[0]}, {self.noise_shape[1]}] for this context, "
+                f"got {tuple(noise.shape)}"
+            )
+        model = self.policy.model
+        x_t = noise.to(device=prefix_pad_masks.device, dtype=torch.float32)  # LeRobot's noise is float32
+        dt = -1.0 / self.num_steps
+        for step in range(self.num_steps):
+            # same Python-float time and float32 tensor as sample_actions, so the result matches bit for bit
+            time = torch.tensor(1.0 + step * dt, dtype=torch.float32, device=x_t.device).expand(batch_size)
+            v_t = model.denoise_step(prefix_pad_masks=prefix_pad_masks, past_key_values=past_key_values,
+                                     x_t=x_t, timestep=time)
+            x_t = x_t + dt * v_t
+        return x_t
+
+    def decode(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
+        """The chunk ``predict_action_chunk`` returns for this noise: ``[B, chunk_size, action_dim]``.
+
+        Normalised unless a ``postprocessor`` was given (then unnormalised, on the CPU).
+        """
+        actions = self.denoise(context, noise)[:, :, : self.action_dim]
+        if self.policy.config.adapt_to_pi_aloha:  # LeRobot's transform writes in place: give it a copy
+            actions = self.policy._pi_aloha_encode_actions(actions.clone())
+        if self.postprocessor is not None:
+            actions = self.postprocessor(actions)
+        return actions
