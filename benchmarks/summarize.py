@@ -1,4 +1,5 @@
-"""Table (markdown) and summary JSON over every results JSON in benchmarks/results/.
+"""Table (markdown), summary JSON and one seed-comparison plot per task over every results JSON in
+benchmarks/results/.
 
     python benchmarks/summarize.py
 """
@@ -10,6 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from vla_steer.training.plots import plot_seed_comparison
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -36,6 +39,10 @@ def main() -> None:
                         "base_success": bs.tolist(), "steered_success": ss.tolist(), "lift_points_mean": float(lift.mean()),
                         "lift_points_std": float(lift.std()), "base_return": br.tolist(), "steered_return": sr.tolist(),
                         "base_entropy": be.tolist(), "steered_entropy": se.tolist(), "max_minutes": float(minutes.max())})
+    for task in sorted({task for task, _ in groups}):
+        by_method = {method: runs for (t, method), runs in groups.items() if t == task}
+        plot = plot_seed_comparison(by_method, RESULTS / f"{task.replace('/', '_')}_methods.png", title=task)
+        print(f"plot: {plot}")
     table = "\n".join(rows)
     print(table)
     (RESULTS / "summary.md").write_text(table + "\n\nmean ± std over seeds; success over 50 evaluation episodes per run.\n")

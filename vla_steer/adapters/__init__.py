@@ -12,6 +12,7 @@ __all__ = [
     "PI0Adapter",
     "SmolVLAAdapter",
     "SteerableAdapter",
+    "XVLAAdapter",
     "map_tensors",
 ]
 
@@ -23,6 +24,7 @@ _LAZY = {
     "SmolVLAAdapter": "vla_steer.adapters.smolvla",
     "PI0Adapter": "vla_steer.adapters.pi0",
     "PI05Adapter": "vla_steer.adapters.pi0",
+    "XVLAAdapter": "vla_steer.adapters.xvla",
 }
 
 

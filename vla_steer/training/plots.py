@@ -29,3 +29,43 @@ def plot_learning_curve(results: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_seed_comparison(runs_by_method: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
+    """Mean over seeds with a min-max band, one line per method, for success, return and action entropy.
+
+    ``runs_by_method``: method name -> list of results dicts (one per seed, as ``results.json``); seeds are
+    aligned on their evaluation index (every run of a method evaluates at the same env steps).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    panels = [("success_rate", "success rate"), ("return_mean", "eval return"), ("action_entropy", "action entropy (k-NN, nats)")]
+    base_drawn = False
+    for method, runs in sorted(runs_by_method.items()):
+        n = min(len(r["history"]) for r in runs)
+        steps = np.mean([[h["env_steps"] for h in r["history"][:n]] for r in runs], axis=0)
+        for ax, (key, label) in zip(axes, panels):
+            values = np.array([[h[key] for h in r["history"][:n]] for r in runs])
+            line, = ax.plot(steps, values.mean(0), marker="o", ms=3, label=f"{method} ({len(runs)} seeds)")
+            ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+            ax.set_xlabel("env steps")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+    # the frozen base is the same policy for every method: draw the mean over all runs once
+    for ax, (key, _) in zip(axes, panels):
+        base = [r["base"][key] for runs in runs_by_method.values() for r in runs if key in r["base"]]
+        if base:
+            ax.axhline(float(np.mean(base)), color="gray", ls="--", label="base (frozen)")
+            base_drawn = True
+    axes[0].legend(loc="best", fontsize=8)
+    fig.suptitle(title + ("" if base_drawn else " (no base metrics)"))
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -38,7 +38,12 @@ class NonFiniteError(RuntimeError):
     """An environment produced NaN / inf; raised before the value can reach the replay buffer."""
 
 
-def check_finite(name: str, value: np.ndarray, step: int) -> None:
+def check_finite(name: str, value, step: int) -> None:
+    if isinstance(value, dict):  # dict observations (images, state, task text): every numeric entry
+        for key, entry in value.items():
+            if np.asarray(entry).dtype.kind in "fiub":
+                check_finite(f"{name} {key!r}", entry, step)
+        return
     bad = ~np.isfinite(np.asarray(value, dtype=np.float64))
     if bad.any():
         envs = sorted(set(np.nonzero(bad)[0].tolist()))
@@ -47,6 +52,24 @@ def check_finite(name: str, value: np.ndarray, step: int) -> None:
             "replay buffer is not poisoned. Check the simulator (unstable physics, bad action scaling) or wrap "
             "the env to sanitise its output."
         )
+
+
+def with_final_observations(next_obs, info: dict, done: np.ndarray):
+    """The true next observation of every env: SAME_STEP autoreset puts a finished episode's last one in
+    ``info["final_obs"]`` (per env; a dict per env for dict observation spaces)."""
+    if not done.any():
+        return next_obs
+    finished = np.nonzero(done)[0]
+    if isinstance(next_obs, dict):
+        stored = {key: np.array(value, copy=True) for key, value in next_obs.items()}
+        for i in finished:
+            for key in stored:
+                stored[key][i] = info["final_obs"][i][key]
+        return stored
+    stored = next_obs.copy()
+    for i in finished:
+        stored[i] = info["final_obs"][i]
+    return stored
 
 
 def step_info(info: dict, done: np.ndarray, key: str) -> np.ndarray:
@@ -111,8 +134,14 @@ class SteeringTrainer:
 
     # ---------------------------------------------------------------------------------------------------
     # acting
-    def _obs_tensor(self, obs: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(obs, dtype=torch.float32, device=self.accelerator.device)
+    def _obs_tensor(self, obs):
+        """Env observations as the adapter's input: a float tensor, or for dict observations a dict of tensors
+        (numeric entries on the device; text such as a language instruction passed through as a list)."""
+        device = self.accelerator.device
+        if isinstance(obs, dict):
+            return {key: torch.as_tensor(value, device=device) if np.asarray(value).dtype.kind in "fiub" else list(value)
+                    for key, value in obs.items()}
+        return torch.as_tensor(obs, dtype=torch.float32, device=device)
 
     def _choose_latent(self, features: torch.Tensor, mode: str) -> torch.Tensor:
         if mode == "prior":
@@ -136,10 +165,8 @@ class SteeringTrainer:
         chunk_steps = step_info(info, done, "chunk_steps").astype(int)
         self.env_steps += int(chunk_steps.sum())
 
-        stored_next = next_obs.copy()
-        if done.any():  # SAME_STEP autoreset: the true next observation of a finished episode is final_obs
-            for i in np.nonzero(done)[0]:
-                stored_next[i] = info["final_obs"][i]
+        stored_next = with_final_observations(next_obs, info, done)
+        if done.any():
             check_finite("final observation", stored_next, self.env_steps)
         next_context = self.adapter.encode(self._obs_tensor(stored_next))
         a = self.recipe.algorithm
@@ -225,19 +252,24 @@ class SteeringTrainer:
         return metrics
 
     def _action_entropy(self, contexts, mode: str) -> float:
-        """Mean k-NN entropy of the executed action chunk over K draws per state (one encode, batched decode)."""
+        """Mean k-NN entropy of the executed action chunk over K draws per state: each context is encoded once
+        and repeated K times (works for contexts that cannot be concatenated, such as VLA KV caches)."""
         t = self.recipe.train
-        features = torch.cat([c.features for c in contexts])[: t.entropy_states]
-        states = features.shape[0]
-        context = self.adapter.context_from_storage(features, torch.cat([c.decode_state for c in contexts])[:states])
-        repeated = self.adapter.repeat_context(context, t.entropy_draws)
-        if mode == "base":
-            actions = self._decode(repeated, noise=self.adapter.sample_prior_noise(states * t.entropy_draws))
-        else:
-            latent = self.algo.prior_latent(states * t.entropy_draws) if mode == "prior_latent" else self._choose_latent(repeated.features, "stochastic")
-            actions = self._decode(repeated, latent)
-        samples = actions.flatten(1).reshape(states, t.entropy_draws, -1).float()
-        return float(kozachenko_leonenko_entropy(samples, k=3).mean())
+        per_state, remaining = [], t.entropy_states
+        for context in contexts:
+            repeated = self.adapter.repeat_context(context, t.entropy_draws)
+            draws = context.batch_size * t.entropy_draws
+            if mode == "base":
+                actions = self._decode(repeated, noise=self.adapter.sample_prior_noise(draws))
+            else:
+                latent = self.algo.prior_latent(draws) if mode == "prior_latent" else self._choose_latent(repeated.features, "stochastic")
+                actions = self._decode(repeated, latent)
+            samples = actions.flatten(1).reshape(context.batch_size, t.entropy_draws, -1).float()[:remaining]
+            per_state.append(kozachenko_leonenko_entropy(samples, k=3))
+            remaining -= samples.shape[0]
+            if remaining <= 0:
+                break
+        return float(torch.cat(per_state).mean())
 
     # ---------------------------------------------------------------------------------------------------
     # checkpoints

@@ -1,0 +1,175 @@
+"""Tiny, offline builds of LeRobot's real X-VLA for tests and smoke runs (no Hub access, random weights).
+
+``XVLAPolicy`` builds its VLM (LeRobot's vendored Florence-2: a DaViT vision tower and a BART encoder) from the
+``florence_config`` dict of its config, so nothing is downloaded. :func:`tiny_florence_config` shrinks it: a
+two-stage DaViT that turns a 32x32 image into a 4x4 feature map (16 tokens, plus the spatial-average token
+Florence-2 prepends: 17 tokens per view), and a one-layer BART encoder. The vision projection, the Florence-2
+``projection_dim`` and BART's ``d_model`` must be equal: image tokens and text embeddings are concatenated before
+the encoder, and X-VLA's action transformer reads them through a ``projection_dim``-wide input projection.
+
+Only ``make_xvla_pre_post_processors`` would download something (the ``facebook/bart-large`` tokenizer); tests
+feed ``observation.language.tokens`` directly, or give LeRobot's ``TokenizerProcessorStep`` the word-level
+tokenizer of :func:`tiny_bart_tokenizer` (BART's special-token ids: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2).
+
+Typical use::
+
+    policy = tiny_xvla_policy()                     # "auto" action mode, 2 cameras + 1 padded view
+    batch = tiny_xvla_batch(policy, batch_size=3, seed=0)
+    actions = policy.predict_action_chunk(batch)    # [3, 8, ACTION_DIM]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+STATE_DIM, ACTION_DIM = 5, 4
+CAMERA_SHAPE = (3, 24, 40)  # not square and not the VLM's size: exercises LeRobot's resize-with-pad
+TEXT_HIDDEN = 32  # BART d_model == Florence-2 projection_dim
+PAD_ID, BOS_ID, EOS_ID = 1, 0, 2  # BART's ids, which Florence2LanguageConfig defaults to
+TASK_WORDS = ("pick", "place", "push", "open", "close", "the", "a", "red", "blue", "green", "cube", "block",
+              "drawer", "door", "into", "on", "left", "right", "up", "down")
+DEFAULT_TASKS = ("pick up the red cube", "push the blue block left", "open the drawer", "close the door")
+VOCAB_SIZE = 4 + len(TASK_WORDS)  # <s>, <pad>, </s>, <unk>, words
+
+
+def tiny_florence_config(*, hidden: int = TEXT_HIDDEN, vocab_size: int = VOCAB_SIZE) -> dict[str, Any]:
+    """A Florence-2 config dict for ``XVLAConfig.florence_config``: 32x32 images -> 17 tokens, 1 BART layer."""
+    vision_config = {
+        "model_type": "davit",
+        "dim_embed": [8, 16],
+        "depths": [1, 1],
+        "num_heads": [1, 2],
+        "num_groups": [1, 2],
+        "patch_size": [7, 3],
+        "patch_stride": [4, 2],
+        "patch_padding": [3, 1],
+        "patch_prenorm": [False, True],
+        "window_size": 4,
+        "projection_dim": hidden,
+    }
+    text_config = {
+        "vocab_size": vocab_size,
+        "d_model": hidden,
+        "encoder_layers": 1,
+        "encoder_attention_heads": 2,
+        "encoder_ffn_dim": 2 * hidden,
+        "decoder_layers": 1,  # X-VLA deletes the decoder after building it
+        "decoder_attention_heads": 2,
+        "decoder_ffn_dim": 2 * hidden,
+        "max_position_embeddings": 64,
+        "pad_token_id": PAD_ID,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+    }
+    return {"vision_config": vision_config, "text_config": text_config, "projection_dim": hidden,
+            "vocab_size": vocab_size}
+
+
+def tiny_xvla_config(
+    *,
+    state_dim: int = STATE_DIM,
+    action_dim: int = ACTION_DIM,
+    cameras: int = 2,
+    num_image_views: int | None = 3,
+    camera_shape: tuple[int, int, int] = CAMERA_SHAPE,
+    **overrides: Any,
+):
+    """An ``XVLAConfig`` on :func:`tiny_florence_config`: a 2-block action transformer, chunks of 8.
+
+    Defaults: ``action_mode="auto"`` over ``max_action_dim=6`` (the noise has 6 dims, the robot 4), two cameras
+    plus one masked, zero-filled view (``num_image_views=3``), proprio padded to ``max_state_dim=8``.
+    """
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.xvla.configuration_xvla import XVLAConfig
+
+    inputs = {"observation.state": PolicyFeature(FeatureType.STATE, (state_dim,))}
+    inputs.update({f"observation.images.cam{i}": PolicyFeature(FeatureType.VISUAL, tuple(camera_shape))
+                   for i in range(cameras)})
+    fields = dict(
+        input_features=inputs,
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (action_dim,))},
+        florence_config=tiny_florence_config(),
+        tokenizer_max_length=12,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=2.0,
+        num_domains=3,
+        len_soft_prompts=2,
+        dim_time=8,
+        max_len_seq=128,
+        action_mode="auto",
+        max_action_dim=6,
+        max_state_dim=8,
+        chunk_size=8,
+        n_action_steps=4,
+        num_denoising_steps=4,
+        resize_imgs_with_padding=(32, 32),
+        num_image_views=num_image_views,
+        device="cpu",
+    )
+    fields.update(overrides)
+    return XVLAConfig(**fields)
+
+
+def tiny_xvla_policy(*, seed: int = 0, **config_kwargs: Any):
+    """The real ``XVLAPolicy`` built from :func:`tiny_xvla_config`, randomly initialised under ``seed``."""
+    from lerobot.policies.xvla.modeling_xvla import XVLAPolicy
+
+    config = tiny_xvla_config(**config_kwargs)
+    torch.manual_seed(seed)
+    policy = XVLAPolicy(config)
+    # LeRobot's Florence-2 creates image_projection with torch.empty and no init rule covers it (checkpoints
+    # overwrite it): a fresh build holds whatever memory was there, sometimes NaN. Give it seeded values.
+    projection = policy.model.vlm.image_projection
+    with torch.no_grad():
+        projection.copy_(torch.randn(projection.shape, dtype=torch.float32) * projection.shape[0] ** -0.5)
+    return policy
+
+
+def tiny_bart_tokenizer():
+    """A word-level fast tokenizer over ``TASK_WORDS`` with BART's special ids; wraps each text in ``<s> ... </s>``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "<unk>", *TASK_WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", BOS_ID), ("</s>", EOS_ID)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def tokenize_tasks(policy, tasks: list[str], tokenizer=None) -> dict[str, torch.Tensor]:
+    """Language tokens and mask as LeRobot's ``TokenizerProcessorStep`` writes them for X-VLA (right padding to
+    ``tokenizer_max_length``, X-VLA's ``pad_language_to="max_length"``)."""
+    from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
+
+    tokenizer = tokenizer or tiny_bart_tokenizer()
+    encoded = tokenizer(list(tasks), padding="max_length", padding_side="right", truncation=True,
+                        max_length=policy.config.tokenizer_max_length, return_tensors="pt")
+    return {OBS_LANGUAGE_TOKENS: encoded["input_ids"], OBS_LANGUAGE_ATTENTION_MASK: encoded["attention_mask"].bool()}
+
+
+def tiny_xvla_batch(policy, batch_size: int, seed: int, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """A preprocessed observation batch for ``policy``: random state, random [0, 1] images, tokenised tasks.
+
+    Tasks default to ``DEFAULT_TASKS`` in turn, which have different lengths, so the language padding matters.
+    """
+    from lerobot.configs.types import FeatureType
+
+    g = torch.Generator().manual_seed(seed)
+    batch = {}
+    for key, feature in policy.config.input_features.items():
+        if feature.type is FeatureType.VISUAL and "empty_camera" not in key:
+            batch[key] = torch.rand((batch_size, *feature.shape), generator=g)
+        elif feature.type is FeatureType.STATE:
+            batch[key] = torch.randn((batch_size, *feature.shape), generator=g)
+    if tasks is None:
+        tasks = [DEFAULT_TASKS[i % len(DEFAULT_TASKS)] for i in range(batch_size)]
+    batch.update(tokenize_tasks(policy, tasks))
+    return batch
