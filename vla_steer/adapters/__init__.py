@@ -13,6 +13,8 @@ __all__ = [
     "SmolVLAAdapter",
     "SteerableAdapter",
     "XVLAAdapter",
+    "adapter_for_lerobot_policy",
+    "lerobot_adapter_class",
     "map_tensors",
 ]
 
@@ -25,6 +27,8 @@ _LAZY = {
     "PI0Adapter": "vla_steer.adapters.pi0",
     "PI05Adapter": "vla_steer.adapters.pi0",
     "XVLAAdapter": "vla_steer.adapters.xvla",
+    "adapter_for_lerobot_policy": "vla_steer.adapters.lerobot",
+    "lerobot_adapter_class": "vla_steer.adapters.lerobot",
 }
 
 

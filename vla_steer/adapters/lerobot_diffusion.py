@@ -37,13 +37,15 @@ from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
 from lerobot.utils.constants import OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 
 from vla_steer.adapters.base import Context, SteerableAdapter
+from vla_steer.adapters.peft_support import unwrap_peft
 
 
 class DiffusionPolicyAdapter(SteerableAdapter):
     """Steer a frozen LeRobot ``DiffusionPolicy`` through its initial DDIM noise.
 
     Args:
-        policy: the policy; it is modified in place (frozen, DDIM scheduler installed).
+        policy: the policy; it is modified in place (frozen, DDIM scheduler installed). A PEFT-wrapped policy
+            (``wrap_with_peft``, ``PeftModel``) is unwrapped to the policy, its LoRA layers kept active.
         num_inference_steps: DDIM steps per decode. ``None`` keeps the policy's own setting
             (``config.num_inference_steps``, or ``num_train_timesteps`` when that is unset).
         preprocessor: optional LeRobot policy preprocessor (normalises raw observations) applied in ``encode``.
@@ -64,6 +66,7 @@ class DiffusionPolicyAdapter(SteerableAdapter):
         preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
+        policy = unwrap_peft(policy)  # so that self.policy is always the LeRobot policy itself
         self.policy = policy.eval().requires_grad_(False)
         self.preprocessor = preprocessor
         self.postprocessor = postprocessor

@@ -45,6 +45,7 @@ from lerobot.policies.pi05.modeling_pi05 import PI05Policy
 from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
 from transformers.cache_utils import DynamicCache
 
+from vla_steer.adapters.peft_support import unwrap_peft
 from vla_steer.adapters.base import Context, SteerableAdapter, map_tensors
 
 Pooling = Literal["mean", "last", "mean+last"]
@@ -90,6 +91,7 @@ class _PiFamilyAdapter(SteerableAdapter):
         preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
+        policy = unwrap_peft(policy)  # PeftModel.model would be the whole policy, not its inner model
         if policy._rtc_enabled():  # noqa: SLF001
             raise ValueError("real-time chunking (rtc_config.enabled) changes the denoiser; steer without it")
         if pooling not in ("mean", "last", "mean+last"):

@@ -46,6 +46,7 @@ from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, make_att_2d
 from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE
 
 from vla_steer.adapters.base import Context, SteerableAdapter
+from vla_steer.adapters.peft_support import unwrap_peft
 
 Pooling = Literal["mean", "last", "mean+last"]
 POOLINGS: tuple[str, ...] = ("mean", "last", "mean+last")
@@ -55,7 +56,8 @@ class SmolVLAAdapter(SteerableAdapter):
     """Steer a frozen LeRobot ``SmolVLAPolicy`` through the initial noise of its flow-matching expert.
 
     Args:
-        policy: the policy; it is frozen in place (``eval()``, ``requires_grad_(False)``).
+        policy: the policy; it is frozen in place (``eval()``, ``requires_grad_(False)``). A PEFT-wrapped policy
+            (``wrap_with_peft``, ``PeftModel``) is unwrapped to the policy, its LoRA layers kept active.
         pooling: how ``Context.features`` summarises the VLM prefix: ``"mean"`` (masked mean over valid prefix
             tokens), ``"last"`` (the state token) or ``"mean+last"`` (both, concatenated).
         num_steps: Euler steps per decode. ``None`` keeps ``config.num_steps``; a value is written back to the
@@ -76,6 +78,7 @@ class SmolVLAAdapter(SteerableAdapter):
         preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
+        policy = unwrap_peft(policy)  # PeftModel.model would be the whole policy, not its VLAFlowMatching
         config = policy.config
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")

@@ -52,6 +52,7 @@ import torch
 from lerobot.policies.xvla.modeling_xvla import XVLAPolicy
 from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE
 
+from vla_steer.adapters.peft_support import unwrap_peft
 from vla_steer.adapters.base import Context, SteerableAdapter
 
 Pooling = Literal["mean", "last", "mean+last"]
@@ -86,6 +87,7 @@ class XVLAAdapter(SteerableAdapter):
         preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
+        policy = unwrap_peft(policy)  # PeftModel.model would be the whole policy, not its inner model
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
         if num_denoising_steps is not None:

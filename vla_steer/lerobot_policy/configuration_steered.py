@@ -1,0 +1,56 @@
+"""``SteeredConfig``: the LeRobot policy config of a frozen base policy plus a trained steering head.
+
+Registered as the LeRobot policy type ``"steered"``. LeRobot finds the policy class and the processor
+factory of a registered type by module name (``configuration_`` -> ``modeling_`` / ``processor_``), so the
+three modules of this package follow that naming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.optim.optimizers import AdamConfig
+
+
+@PreTrainedConfig.register_subclass("steered")
+@dataclass
+class SteeredConfig(PreTrainedConfig):
+    """A steered policy: which base to load, how to adapt it, how to act.
+
+    ``base_path``: a local directory (absolute, or relative to the steered policy's directory) or a Hub repo id
+    holding the base policy as LeRobot saves it. ``base_revision``: the Hub revision (a commit hash pins it).
+    ``base_type``: the base's LeRobot policy type (``"smolvla"``, ``"diffusion"``, ``"pi0"``, ...).
+    ``adapter_kwargs``: arguments of the base's adapter (``pooling``, ``num_steps`` ...), as used in training.
+    ``deterministic``: act with ``eps = 0`` (LP-DS) / ``tanh(mean)`` (DSRL) instead of sampling as trained.
+    ``input_features`` / ``output_features`` / ``n_obs_steps`` are copied from the base when saving.
+    """
+
+    base_path: str = ""
+    base_revision: str | None = None
+    base_type: str = ""
+    adapter_kwargs: dict[str, Any] = field(default_factory=dict)
+    deterministic: bool = False
+
+    @property
+    def observation_delta_indices(self) -> None:
+        return None
+
+    @property
+    def action_delta_indices(self) -> None:
+        return None
+
+    @property
+    def reward_delta_indices(self) -> None:
+        return None
+
+    def get_optimizer_preset(self) -> AdamConfig:
+        # The head is trained by vla-steer's RL trainer, not by lerobot-train; this only satisfies the interface.
+        return AdamConfig(lr=3e-4)
+
+    def get_scheduler_preset(self) -> None:
+        return None
+
+    def validate_features(self) -> None:
+        pass

@@ -1,0 +1,25 @@
+"""``make_steered_pre_post_processors``: a steered policy uses its base's processors, unchanged.
+
+LeRobot calls this factory (found by module name from ``SteeredConfig``) only when no checkpoint directory
+is given; a saved steered directory carries copies of the base's processor files, which LeRobot loads itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vla_steer.lerobot_policy.configuration_steered import SteeredConfig
+
+
+def make_steered_pre_post_processors(config: SteeredConfig, dataset_stats: dict[str, Any] | None = None):
+    """The base's processor files if its checkpoint ships them, else the base type's own processor factory."""
+    from lerobot.policies.factory import make_pre_post_processors
+
+    from vla_steer.lerobot_policy.modeling_steered import load_base_config
+
+    steered_dir = config.pretrained_path
+    source, base_config = load_base_config(config, steered_dir)
+    try:
+        return make_pre_post_processors(base_config, pretrained_path=source)
+    except Exception:  # no processor files in the base checkpoint (LeRobot raises several types)
+        return make_pre_post_processors(base_config, dataset_stats=dataset_stats)
