@@ -68,6 +68,7 @@ def cmd_eval(args) -> None:
     if not recipe_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a training run (no recipe.json); pass the train.output_dir of a run")
     overrides = [f"train.eval_episodes={args.episodes}"] if args.episodes else []
+    overrides += [f"train.eval_best_of_k={args.best_of_k}"] if args.best_of_k else []
     recipe = recipe_from_dict(json.loads(recipe_file.read_text()), overrides + [f"train.output_dir={run_dir}"])
     trainer = SteeringTrainer(recipe)
     if not trainer.load_checkpoint():
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a trained run's head against its base")
     p.add_argument("run_dir", help="a run's train.output_dir")
     p.add_argument("--episodes", type=int, default=None, help="episodes per evaluation (default: the recipe's)")
+    p.add_argument("--best-of-k", type=int, default=None, metavar="K",
+                   help="critic-guided selection: the critic picks the best of K head proposals per observation")
     p.set_defaults(func=cmd_eval)
     return parser
 

@@ -105,6 +105,7 @@ class TrainConfig:
     eval_episodes: int = 50
     eval_num_envs: int = 10
     eval_deterministic: bool = False  # SAC: tanh(mean) latent; LP-DS: Delta(s) with eps = 0
+    eval_best_of_k: int = 1  # > 1: the critic picks the best of K head proposals per observation (one shared encode)
     entropy_states: int = 32  # states for the k-NN action entropy at each evaluation
     entropy_draws: int = 64
     checkpoint_every: int = 10_000
@@ -265,6 +266,7 @@ def validate_recipe(recipe: Recipe) -> None:
         (recipe.algorithm.utd >= 1, "algorithm.utd must be >= 1"),
         (recipe.train.total_env_steps > 0, "train.total_env_steps must be > 0"),
         (recipe.train.eval_episodes >= 1, "train.eval_episodes must be >= 1"),
+        (recipe.train.eval_best_of_k >= 1, "train.eval_best_of_k must be >= 1 (1 = no critic-guided selection)"),
         (recipe.env.reward_mode != "sparse" or recipe.env.terminate_on_success,
          "env.reward_mode 'sparse' needs env.terminate_on_success: true (otherwise success keeps paying 0 forever)"),
     ]

@@ -31,6 +31,7 @@ from vla_steer.config import Recipe
 from vla_steer.envs.registry import make_env
 from vla_steer.metrics import kozachenko_leonenko_entropy, summarize_episodes
 from vla_steer.training import checkpoint as ckpt
+from vla_steer.steering.best_of_k import best_of_k
 from vla_steer.training.buffer import ReplayBuffer
 
 
@@ -227,6 +228,10 @@ class SteeringTrainer:
                 noise = self.adapter.sample_prior_noise(n_envs)
                 actions = self._decode(context, noise=noise)
                 latent_norms.append(noise.flatten(1).norm(dim=-1))
+            elif mode == "policy" and t.eval_best_of_k > 1:
+                latent, actions = best_of_k(self.algo, self.adapter, self.layout, context, t.eval_best_of_k, t.eval_deterministic)
+                actions = self._decode(context, latent) if actions is None else actions[:, : self.adapter.n_action_steps]
+                latent_norms.append(self.layout.to_noise(latent).flatten(1).norm(dim=-1))
             else:
                 latent = self.algo.prior_latent(n_envs) if mode == "prior_latent" else self._choose_latent(
                     context.features, "deterministic" if t.eval_deterministic else "stochastic")
