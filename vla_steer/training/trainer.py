@@ -150,6 +150,12 @@ class SteeringTrainer:
         with self.accelerator.autocast():
             return self.algo.act(features, deterministic=(mode == "deterministic")).float()
 
+    def _best_of_k(self, context, deterministic_proposals: bool = False):
+        """``(latent, executed actions)`` chosen by the critic out of ``train.eval_best_of_k`` head proposals."""
+        latent, actions = best_of_k(self.algo, self.adapter, self.layout, context, self.recipe.train.eval_best_of_k,
+                                    deterministic_proposals)
+        return latent, self._decode(context, latent) if actions is None else actions[:, : self.adapter.n_action_steps]
+
     def _decode(self, context, latent=None, noise=None) -> torch.Tensor:
         noise = self.layout.to_noise(latent) if noise is None else noise
         return self.adapter.decode(context, noise)[:, : self.adapter.n_action_steps]
@@ -229,8 +235,7 @@ class SteeringTrainer:
                 actions = self._decode(context, noise=noise)
                 latent_norms.append(noise.flatten(1).norm(dim=-1))
             elif mode == "policy" and t.eval_best_of_k > 1:
-                latent, actions = best_of_k(self.algo, self.adapter, self.layout, context, t.eval_best_of_k, t.eval_deterministic)
-                actions = self._decode(context, latent) if actions is None else actions[:, : self.adapter.n_action_steps]
+                latent, actions = self._best_of_k(context, t.eval_deterministic)
                 latent_norms.append(self.layout.to_noise(latent).flatten(1).norm(dim=-1))
             else:
                 latent = self.algo.prior_latent(n_envs) if mode == "prior_latent" else self._choose_latent(
@@ -266,6 +271,8 @@ class SteeringTrainer:
             draws = context.batch_size * t.entropy_draws
             if mode == "base":
                 actions = self._decode(repeated, noise=self.adapter.sample_prior_noise(draws))
+            elif mode == "policy" and t.eval_best_of_k > 1:  # the entropy of what best-of-K executes
+                latent, actions = self._best_of_k(repeated)
             else:
                 latent = self.algo.prior_latent(draws) if mode == "prior_latent" else self._choose_latent(repeated.features, "stochastic")
                 actions = self._decode(repeated, latent)
