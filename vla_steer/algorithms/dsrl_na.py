@@ -40,7 +40,7 @@ class DualCriticMixin:
             target = self.action_critic(s, self.decode_executed(s, batch["decode_state"], z))
         loss = 0.5 * (self.noise_critic(s, z) - target).pow(2).mean(1).sum()
         self.optimizer_step("noise_critic", loss)
-        return loss
+        return loss.detach()
 
 
 class DSRLNA(DualCriticMixin, SACActorMixin, SteeringAlgorithm):
