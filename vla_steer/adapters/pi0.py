@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 from lerobot.policies.pi0 import modeling_pi0
@@ -46,9 +46,9 @@ from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TO
 from transformers.cache_utils import DynamicCache
 
 from vla_steer.adapters.peft_support import unwrap_peft
+from vla_steer.adapters.pooling import Pooling, check_pooling, pool_tokens
 from vla_steer.adapters.base import Context, SteerableAdapter, map_tensors
 
-Pooling = Literal["mean", "last", "mean+last"]
 
 
 @dataclass
@@ -94,8 +94,7 @@ class _PiFamilyAdapter(SteerableAdapter):
         policy = unwrap_peft(policy)  # PeftModel.model would be the whole policy, not its inner model
         if policy._rtc_enabled():  # noqa: SLF001
             raise ValueError("real-time chunking (rtc_config.enabled) changes the denoiser; steer without it")
-        if pooling not in ("mean", "last", "mean+last"):
-            raise ValueError(f"unknown pooling {pooling!r}; use 'mean', 'last' or 'mean+last'")
+        check_pooling(pooling)
         if num_inference_steps is None:
             num_inference_steps = policy.config.num_inference_steps
         if num_inference_steps < 1:
@@ -140,18 +139,8 @@ class _PiFamilyAdapter(SteerableAdapter):
     # ------------------------------------------------------------------------------------------------
     # encode
     def _pool(self, hidden: torch.Tensor, pad_masks: torch.Tensor) -> torch.Tensor:
-        """Masked mean and/or last real token of the prefix hidden states ``[B, L, H]`` -> ``[B, H or 2H]``."""
-        hidden = hidden.float()
-        mask = pad_masks.to(hidden.dtype).unsqueeze(-1)
-        pooled = []
-        if self.pooling in ("mean", "mean+last"):
-            pooled.append((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0))
-        if self.pooling in ("last", "mean+last"):
-            # Prefix = [image tokens..., language tokens (right-padded)]: the last real token is the last True.
-            positions = torch.arange(pad_masks.shape[1], device=pad_masks.device)
-            last = (pad_masks.long() * positions).argmax(dim=1)
-            pooled.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
-        return torch.cat(pooled, dim=-1)
+        """Masked mean and/or last real token of the prefix hidden states ``[B, L, H]`` -> ``[B, H or 2H]``, in float32."""
+        return torch.cat(pool_tokens(hidden.float(), pad_masks, self.pooling), dim=-1)
 
     @torch.no_grad()
     def encode(self, observation: dict[str, Any]) -> Context:

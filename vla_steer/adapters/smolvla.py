@@ -39,7 +39,7 @@ raw observations (plus a ``"task"`` string or list of strings) and environment-s
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, make_att_2d_masks
@@ -47,9 +47,8 @@ from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TO
 
 from vla_steer.adapters.base import Context, SteerableAdapter
 from vla_steer.adapters.peft_support import unwrap_peft
+from vla_steer.adapters.pooling import Pooling, check_pooling, pool_tokens
 
-Pooling = Literal["mean", "last", "mean+last"]
-POOLINGS: tuple[str, ...] = ("mean", "last", "mean+last")
 
 
 class SmolVLAAdapter(SteerableAdapter):
@@ -80,8 +79,7 @@ class SmolVLAAdapter(SteerableAdapter):
     ):
         policy = unwrap_peft(policy)  # PeftModel.model would be the whole policy, not its VLAFlowMatching
         config = policy.config
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+        check_pooling(pooling)
         if not config.use_cache:
             # Without the cache LeRobot's denoise step cannot read the prefix (it ignores it or fails).
             raise ValueError("SmolVLAAdapter needs config.use_cache=True (the prefix KV cache is the decode state)")
@@ -152,16 +150,8 @@ class SmolVLAAdapter(SteerableAdapter):
             raise ValueError(f"{OBS_STATE} has {state.shape[-1]} dims, more than max_state_dim={config.max_state_dim}")
 
     def _pool(self, prefix_out: torch.Tensor, pad_masks: torch.Tensor) -> torch.Tensor:
-        """Summarise ``prefix_out [B, L, H]`` over the valid positions of ``pad_masks [B, L]``."""
-        pad_masks = pad_masks.bool()
-        mask = pad_masks.to(prefix_out.dtype).unsqueeze(-1)
-        mean = (prefix_out * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-        # The state token is the last valid position (embed_prefix may append padding after it).
-        positions = torch.arange(pad_masks.shape[1], device=pad_masks.device)
-        last_index = torch.where(pad_masks, positions, -1).amax(dim=1)
-        last = prefix_out[torch.arange(prefix_out.shape[0], device=prefix_out.device), last_index]
-        pooled = {"mean": [mean], "last": [last], "mean+last": [mean, last]}[self.pooling]
-        return torch.cat(pooled, dim=-1).float()
+        """Summarise ``prefix_out [B, L, H]`` over the valid positions of ``pad_masks [B, L]`` (last = state token)."""
+        return torch.cat(pool_tokens(prefix_out, pad_masks, self.pooling), dim=-1).float()
 
     @torch.no_grad()
     def encode(self, observation: dict[str, torch.Tensor]) -> Context:

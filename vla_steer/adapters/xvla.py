@@ -46,17 +46,16 @@ postprocessor that reshapes actions (LIBERO's 6D-rotation step) changes the widt
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 from lerobot.policies.xvla.modeling_xvla import XVLAPolicy
 from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE
 
 from vla_steer.adapters.peft_support import unwrap_peft
+from vla_steer.adapters.pooling import Pooling, check_pooling, pool_tokens
 from vla_steer.adapters.base import Context, SteerableAdapter
 
-Pooling = Literal["mean", "last", "mean+last"]
-POOLINGS: tuple[str, ...] = ("mean", "last", "mean+last")
 
 
 class XVLAAdapter(SteerableAdapter):
@@ -88,8 +87,7 @@ class XVLAAdapter(SteerableAdapter):
         postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         policy = unwrap_peft(policy)  # PeftModel.model would be the whole policy, not its inner model
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+        check_pooling(pooling)
         if num_denoising_steps is not None:
             if num_denoising_steps < 1:
                 raise ValueError(f"num_denoising_steps must be at least 1, got {num_denoising_steps}")
@@ -198,12 +196,7 @@ class XVLAAdapter(SteerableAdapter):
         return torch.cat([image_mask, text_mask], dim=1)
 
     def _features(self, vlm_features: torch.Tensor, token_mask: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
-        mask = token_mask.to(device=vlm_features.device, dtype=vlm_features.dtype).unsqueeze(-1)
-        mean = (vlm_features * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-        positions = torch.arange(token_mask.shape[1], device=token_mask.device)
-        last_index = torch.where(token_mask, positions, -1).amax(dim=1)
-        last = vlm_features[torch.arange(vlm_features.shape[0], device=vlm_features.device), last_index]
-        pooled = {"mean": [mean], "last": [last], "mean+last": [mean, last]}[self.pooling]
+        pooled = pool_tokens(vlm_features, token_mask, self.pooling)
         if self.include_proprio:
             pooled.append(proprio.to(vlm_features.dtype))
         return torch.cat(pooled, dim=-1).float()
