@@ -7,6 +7,7 @@ __all__ = [
     "DiffusionPolicyAdapter",
     "FlowHeadAdapter",
     "LatentLayout",
+    "LeRobotPolicyAdapter",
     "NativePolicyAdapter",
     "PI05Adapter",
     "PI0Adapter",
@@ -27,6 +28,7 @@ _LAZY = {
     "PI0Adapter": "vla_steer.adapters.pi0",
     "PI05Adapter": "vla_steer.adapters.pi0",
     "XVLAAdapter": "vla_steer.adapters.xvla",
+    "LeRobotPolicyAdapter": "vla_steer.adapters.lerobot",
     "adapter_for_lerobot_policy": "vla_steer.adapters.lerobot",
     "lerobot_adapter_class": "vla_steer.adapters.lerobot",
 }

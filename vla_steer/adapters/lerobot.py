@@ -1,4 +1,5 @@
-"""Which adapter steers a given LeRobot policy: the policy type (``config.type``) decides.
+"""LeRobot policies: which adapter steers a given policy (the policy type, ``config.type``, decides) and the base
+class those adapters share.
 
 Adapter modules import their LeRobot policy module (seconds; pi0 / pi0.5 also need the openpi-patched
 transformers), so each is imported only when a policy of its type is asked for.
@@ -7,9 +8,14 @@ transformers), so each is imported only when a policy of its type is asked for.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Callable
+
+import torch
+from lerobot.utils.constants import OBS_LANGUAGE_TOKENS
 
 from vla_steer.adapters.base import SteerableAdapter
+from vla_steer.adapters.peft_support import unwrap_peft
 
 # LeRobot policy type -> (module, adapter class)
 LEROBOT_ADAPTERS: dict[str, tuple[str, str]] = {
@@ -37,3 +43,93 @@ def adapter_for_lerobot_policy(policy, **adapter_kwargs: Any) -> SteerableAdapte
     ``adapter_kwargs`` go to the adapter's constructor (``pooling``, ``num_steps``, ``num_inference_steps`` ...).
     """
     return lerobot_adapter_class(policy.config.type)(policy, **adapter_kwargs)
+
+
+class LeRobotPolicyAdapter(SteerableAdapter):
+    """What every adapter of a LeRobot ``PreTrainedPolicy`` does the same way.
+
+    The policy is unwrapped from PEFT (``PeftModel.model`` would be the whole policy, not its inner model; the
+    LoRA layers stay active) and frozen in place (``eval()``, ``requires_grad_(False)``). LeRobot 0.4.4 keeps
+    normalisation and tokenisation in separate processor pipelines, so the optional ``preprocessor`` runs on the
+    observation in ``encode`` and the optional ``postprocessor`` on the actions at the end of ``decode``.
+    """
+
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        policy = unwrap_peft(policy)
+        self._check_policy(policy)
+        self.policy = policy.eval().requires_grad_(False)
+        self.preprocessor = preprocessor
+        self.postprocessor = postprocessor
+
+    def _check_policy(self, policy: torch.nn.Module) -> None:
+        """Refuse a policy the adapter cannot steer; runs before freezing, so a refused policy is left as it was.
+
+        Real-time chunking (SmolVLA, pi0, pi0.5) guides LeRobot's own sampling loop, which the adapters replace.
+        """
+        rtc_config = getattr(policy.config, "rtc_config", None)
+        if rtc_config is not None and rtc_config.enabled:
+            raise ValueError("real-time chunking changes the denoiser per call; disable config.rtc_config to steer")
+
+    @property
+    def noise_shape(self) -> tuple[int, int]:
+        """One chunk padded to ``max_action_dim``, as LeRobot's VLAs draw their noise."""
+        return (self.policy.config.chunk_size, self.policy.config.max_action_dim)
+
+    @property
+    def action_dim(self) -> int:
+        return self.policy.config.action_feature.shape[0]
+
+    @property
+    def n_action_steps(self) -> int:
+        return self.policy.config.n_action_steps
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.policy.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.policy.parameters()).dtype
+
+    def _preprocess(self, observation: dict[str, Any]) -> dict[str, Any]:
+        """The observation through the preprocessor, if any, given a copy so that the caller's dict is left alone."""
+        return observation if self.preprocessor is None else self.preprocessor(dict(observation))
+
+    def _postprocess(self, actions: torch.Tensor) -> torch.Tensor:
+        return actions if self.postprocessor is None else self.postprocessor(actions)
+
+    def _check_batch(self, observation: Any, required: Iterable[str]) -> None:
+        """Refuse a preprocessed batch that is not a dict, lacks a ``required`` key or has no camera at all.
+
+        A raw batch typically lacks the language tokens, which LeRobot's ``TokenizerProcessorStep`` writes: the
+        error says so.
+        """
+        if not isinstance(observation, dict):
+            raise TypeError(
+                f"{type(self).__name__}.encode takes a dict of tensors (the policy's preprocessed batch), "
+                f"got {type(observation).__name__}"
+            )
+        missing = [key for key in required if key not in observation]
+        cameras = self.policy.config.image_features
+        if not any(key in observation for key in cameras):
+            missing.append(f"one of the cameras ({', '.join(cameras)})")
+        if missing:
+            hint = ""
+            if OBS_LANGUAGE_TOKENS in missing:
+                hint = (" Language tokens come from the policy preprocessor (TokenizerProcessorStep): run it on the"
+                        " batch first or give the adapter preprocessor=.")
+            raise ValueError(f"{type(self).__name__}.encode: the batch is missing {', '.join(missing)}.{hint}")
+
+    def _check_noise(self, noise: torch.Tensor, batch_size: int) -> None:
+        """Refuse noise that is not ``[batch_size, *noise_shape]``, which includes any padded action dims."""
+        if tuple(noise.shape) != (batch_size, *self.noise_shape):
+            chunk, dim = self.noise_shape
+            padded = " (padded action dims included)" if dim != self.action_dim else ""
+            raise ValueError(
+                f"noise must be [{batch_size}, {chunk}, {dim}]{padded} for this context, got {tuple(noise.shape)}"
+            )

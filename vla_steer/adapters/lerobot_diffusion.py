@@ -36,11 +36,11 @@ from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
 from lerobot.utils.constants import OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 
-from vla_steer.adapters.base import Context, SteerableAdapter
-from vla_steer.adapters.peft_support import unwrap_peft
+from vla_steer.adapters.base import Context
+from vla_steer.adapters.lerobot import LeRobotPolicyAdapter
 
 
-class DiffusionPolicyAdapter(SteerableAdapter):
+class DiffusionPolicyAdapter(LeRobotPolicyAdapter):
     """Steer a frozen LeRobot ``DiffusionPolicy`` through its initial DDIM noise.
 
     Args:
@@ -66,11 +66,8 @@ class DiffusionPolicyAdapter(SteerableAdapter):
         preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
-        policy = unwrap_peft(policy)  # so that self.policy is always the LeRobot policy itself
-        self.policy = policy.eval().requires_grad_(False)
-        self.preprocessor = preprocessor
-        self.postprocessor = postprocessor
-        config = policy.config
+        super().__init__(policy, preprocessor, postprocessor)
+        policy, config = self.policy, self.policy.config
 
         if num_inference_steps is None:
             num_inference_steps = config.num_inference_steps or config.num_train_timesteps
@@ -104,14 +101,6 @@ class DiffusionPolicyAdapter(SteerableAdapter):
         return (self.policy.config.horizon, self.action_dim)
 
     @property
-    def action_dim(self) -> int:
-        return self.policy.config.action_feature.shape[0]
-
-    @property
-    def n_action_steps(self) -> int:
-        return self.policy.config.n_action_steps
-
-    @property
     def feature_dim(self) -> int:
         """Width of the global conditioning: ``n_obs_steps * (state + env state + cameras * rgb features)``."""
         config, model = self.policy.config, self.policy.diffusion
@@ -122,14 +111,6 @@ class DiffusionPolicyAdapter(SteerableAdapter):
             encoder = model.rgb_encoder[0] if isinstance(model.rgb_encoder, torch.nn.ModuleList) else model.rgb_encoder
             per_step += encoder.feature_dim * len(config.image_features)
         return config.n_obs_steps * per_step
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.policy.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.policy.parameters()).dtype
 
     # ------------------------------------------------------------------------------------------------
     # encode
@@ -168,8 +149,7 @@ class DiffusionPolicyAdapter(SteerableAdapter):
                 "DiffusionPolicyAdapter.encode takes a dict of observation tensors keyed like the policy's "
                 f"input features ({', '.join(self.policy.config.input_features)}), got {type(observation).__name__}"
             )
-        if self.preprocessor is not None:
-            observation = self.preprocessor(dict(observation))
+        observation = self._preprocess(observation)
         global_cond = self.policy.diffusion._prepare_global_conditioning(self._policy_batch(observation))
         return Context(features=global_cond, decode_state=global_cond, storable=True)
 
@@ -181,11 +161,7 @@ class DiffusionPolicyAdapter(SteerableAdapter):
         Differentiable in ``noise``; call it under ``torch.no_grad()`` when no gradient is needed.
         """
         global_cond = context.decode_state
-        if tuple(noise.shape[1:]) != self.noise_shape or noise.shape[0] != global_cond.shape[0]:
-            raise ValueError(
-                f"noise must be [{global_cond.shape[0]}, {self.noise_shape[0]}, {self.noise_shape[1]}] "
-                f"for this context, got {tuple(noise.shape)}"
-            )
+        self._check_noise(noise, global_cond.shape[0])
         unet = self.policy.diffusion.unet
         sample = noise.to(device=self.device, dtype=self.dtype)
         for t in self.scheduler.timesteps:
@@ -200,7 +176,4 @@ class DiffusionPolicyAdapter(SteerableAdapter):
         Normalised unless a ``postprocessor`` was given (then unnormalised, on the CPU).
         """
         start = self.policy.config.n_obs_steps - 1
-        actions = self.denoise(context, noise)[:, start:start + self.n_action_steps]
-        if self.postprocessor is not None:
-            actions = self.postprocessor(actions)
-        return actions
+        return self._postprocess(self.denoise(context, noise)[:, start:start + self.n_action_steps])

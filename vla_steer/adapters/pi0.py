@@ -45,10 +45,9 @@ from lerobot.policies.pi05.modeling_pi05 import PI05Policy
 from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
 from transformers.cache_utils import DynamicCache
 
-from vla_steer.adapters.peft_support import unwrap_peft
-from vla_steer.adapters.pooling import Pooling, check_pooling, pool_tokens
-from vla_steer.adapters.base import Context, SteerableAdapter, map_tensors
-
+from vla_steer.adapters.base import Context, map_tensors
+from vla_steer.adapters.lerobot import LeRobotPolicyAdapter
+from vla_steer.adapters.pooling import Pooling, check_pooling, pool_tokens, pooled_width
 
 
 @dataclass
@@ -75,7 +74,7 @@ def repeat_kv_cache(cache: Any, k: int) -> Any:
     raise TypeError(f"cannot repeat a KV cache of type {type(cache).__name__}")
 
 
-class _PiFamilyAdapter(SteerableAdapter):
+class _PiFamilyAdapter(LeRobotPolicyAdapter):
     """Shared code of :class:`PI0Adapter` and :class:`PI05Adapter`; they differ in whether the state goes to the
     expert (pi0) or into the prompt (pi0.5)."""
 
@@ -91,37 +90,21 @@ class _PiFamilyAdapter(SteerableAdapter):
         preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
-        policy = unwrap_peft(policy)  # PeftModel.model would be the whole policy, not its inner model
-        if policy._rtc_enabled():  # noqa: SLF001
-            raise ValueError("real-time chunking (rtc_config.enabled) changes the denoiser; steer without it")
         check_pooling(pooling)
+        super().__init__(policy, preprocessor, postprocessor)
+        config = self.policy.config
         if num_inference_steps is None:
-            num_inference_steps = policy.config.num_inference_steps
+            num_inference_steps = config.num_inference_steps
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        self.policy = policy.eval().requires_grad_(False)
         self.num_inference_steps = int(num_inference_steps)
         # Keep the policy consistent with the adapter: its own predict_action_chunk integrates the same way.
-        policy.config.num_inference_steps = self.num_inference_steps
+        config.num_inference_steps = self.num_inference_steps
         self.pooling = pooling
         self.include_state = include_state and self._state_in_suffix
-        self.preprocessor = preprocessor
-        self.postprocessor = postprocessor
 
     # ------------------------------------------------------------------------------------------------
     # shapes
-    @property
-    def noise_shape(self) -> tuple[int, int]:
-        return (self.policy.config.chunk_size, self.policy.config.max_action_dim)
-
-    @property
-    def action_dim(self) -> int:
-        return self.policy.config.output_features["action"].shape[0]
-
-    @property
-    def n_action_steps(self) -> int:
-        return self.policy.config.n_action_steps
-
     @property
     def hidden_dim(self) -> int:
         """Width of the VLM's prefix hidden states (2048 for PaliGemma 2B)."""
@@ -129,12 +112,8 @@ class _PiFamilyAdapter(SteerableAdapter):
 
     @property
     def feature_dim(self) -> int:
-        width = self.hidden_dim * (2 if self.pooling == "mean+last" else 1)
+        width = pooled_width(self.hidden_dim, self.pooling)
         return width + (self.policy.config.max_state_dim if self.include_state else 0)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.policy.parameters()).device
 
     # ------------------------------------------------------------------------------------------------
     # encode
@@ -149,8 +128,7 @@ class _PiFamilyAdapter(SteerableAdapter):
                 f"{type(self).__name__}.encode takes a batch dict (images, state, "
                 f"{OBS_LANGUAGE_TOKENS}, {OBS_LANGUAGE_ATTENTION_MASK}), got {type(observation).__name__}"
             )
-        if self.preprocessor is not None:
-            observation = self.preprocessor(dict(observation))
+        observation = self._preprocess(observation)
         policy, model = self.policy, self.policy.model
         images, img_masks = policy._preprocess_images(observation)  # noqa: SLF001
         tokens = observation[OBS_LANGUAGE_TOKENS].to(self.device)
@@ -207,11 +185,7 @@ class _PiFamilyAdapter(SteerableAdapter):
         The loop of ``sample_actions`` (same time grid, same float32 arithmetic); differentiable in ``noise``.
         """
         batch = context.batch_size
-        if tuple(noise.shape) != (batch, *self.noise_shape):
-            raise ValueError(
-                f"noise must be [{batch}, {self.noise_shape[0]}, {self.noise_shape[1]}] (padded action dims "
-                f"included) for this context, got {tuple(noise.shape)}"
-            )
+        self._check_noise(noise, batch)
         device = self.device
         dt = -1.0 / self.num_inference_steps
         x_t = noise.to(device=device, dtype=torch.float32)
@@ -225,10 +199,7 @@ class _PiFamilyAdapter(SteerableAdapter):
 
         Normalised unless a ``postprocessor`` was given.
         """
-        actions = self.denoise(context, noise)[:, :, : self.action_dim]
-        if self.postprocessor is not None:
-            actions = self.postprocessor(actions)
-        return actions
+        return self._postprocess(self.denoise(context, noise)[:, :, : self.action_dim])
 
 
 class PI0Adapter(_PiFamilyAdapter):

@@ -16,6 +16,11 @@ def check_pooling(pooling: str) -> str:
     return pooling
 
 
+def pooled_width(hidden_size: int, pooling: Pooling) -> int:
+    """Width of the concatenated :func:`pool_tokens` pieces: one ``hidden_size`` per summary."""
+    return hidden_size * (2 if pooling == "mean+last" else 1)
+
+
 def pool_tokens(hidden: torch.Tensor, valid: torch.Tensor, pooling: Pooling) -> list[torch.Tensor]:
     """``hidden [B, L, H]`` over the valid positions of ``valid [B, L]``: the masked mean, the last valid token
     (the state token in SmolVLA's prefix, the last real language token in pi0's), or both. Computed in

@@ -45,13 +45,12 @@ import torch
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, make_att_2d_masks
 from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE
 
-from vla_steer.adapters.base import Context, SteerableAdapter
-from vla_steer.adapters.peft_support import unwrap_peft
-from vla_steer.adapters.pooling import Pooling, check_pooling, pool_tokens
+from vla_steer.adapters.base import Context
+from vla_steer.adapters.lerobot import LeRobotPolicyAdapter
+from vla_steer.adapters.pooling import Pooling, check_pooling, pool_tokens, pooled_width
 
 
-
-class SmolVLAAdapter(SteerableAdapter):
+class SmolVLAAdapter(LeRobotPolicyAdapter):
     """Steer a frozen LeRobot ``SmolVLAPolicy`` through the initial noise of its flow-matching expert.
 
     Args:
@@ -77,38 +76,23 @@ class SmolVLAAdapter(SteerableAdapter):
         preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
-        policy = unwrap_peft(policy)  # PeftModel.model would be the whole policy, not its VLAFlowMatching
-        config = policy.config
         check_pooling(pooling)
+        if num_steps is not None and num_steps < 1:
+            raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+        super().__init__(policy, preprocessor, postprocessor)
+        if num_steps is not None:
+            self.policy.config.num_steps = int(num_steps)
+        self.pooling = pooling
+
+    def _check_policy(self, policy: SmolVLAPolicy) -> None:
+        config = policy.config
         if not config.use_cache:
             # Without the cache LeRobot's denoise step cannot read the prefix (it ignores it or fails).
             raise ValueError("SmolVLAAdapter needs config.use_cache=True (the prefix KV cache is the decode state)")
-        if config.rtc_config is not None and config.rtc_config.enabled:
-            raise ValueError("real-time chunking changes the denoiser per call; disable config.rtc_config to steer")
-        if num_steps is not None:
-            if num_steps < 1:
-                raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-            config.num_steps = int(num_steps)
-
-        self.policy = policy.eval().requires_grad_(False)
-        self.pooling = pooling
-        self.preprocessor = preprocessor
-        self.postprocessor = postprocessor
+        super()._check_policy(policy)
 
     # ------------------------------------------------------------------------------------------------
     # shapes
-    @property
-    def noise_shape(self) -> tuple[int, int]:
-        return (self.policy.config.chunk_size, self.policy.config.max_action_dim)
-
-    @property
-    def action_dim(self) -> int:
-        return self.policy.config.action_feature.shape[0]
-
-    @property
-    def n_action_steps(self) -> int:
-        return self.policy.config.n_action_steps
-
     @property
     def num_steps(self) -> int:
         return self.policy.config.num_steps
@@ -120,31 +104,13 @@ class SmolVLAAdapter(SteerableAdapter):
 
     @property
     def feature_dim(self) -> int:
-        return self.hidden_size * (2 if self.pooling == "mean+last" else 1)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.policy.parameters()).device
+        return pooled_width(self.hidden_size, self.pooling)
 
     # ------------------------------------------------------------------------------------------------
     # encode
     def _check_observation(self, observation: Any) -> None:
         config = self.policy.config
-        if not isinstance(observation, dict):
-            raise TypeError(
-                "SmolVLAAdapter.encode takes a dict of tensors (the policy's preprocessed batch), "
-                f"got {type(observation).__name__}"
-            )
-        required = [OBS_STATE, OBS_LANGUAGE_TOKENS, OBS_LANGUAGE_ATTENTION_MASK]
-        missing = [key for key in required if key not in observation]
-        if not any(key in observation for key in config.image_features):
-            missing.append(f"one of the cameras ({', '.join(config.image_features)})")
-        if missing:
-            hint = ""
-            if OBS_LANGUAGE_TOKENS in missing:
-                hint = (" Language tokens come from the policy preprocessor (TokenizerProcessorStep): run it on the"
-                        " batch first or give the adapter preprocessor=.")
-            raise ValueError(f"SmolVLA observation is missing {', '.join(missing)}.{hint}")
+        self._check_batch(observation, [OBS_STATE, OBS_LANGUAGE_TOKENS, OBS_LANGUAGE_ATTENTION_MASK])
         state = observation[OBS_STATE]
         if state.shape[-1] > config.max_state_dim:
             raise ValueError(f"{OBS_STATE} has {state.shape[-1]} dims, more than max_state_dim={config.max_state_dim}")
@@ -155,8 +121,7 @@ class SmolVLAAdapter(SteerableAdapter):
 
     @torch.no_grad()
     def encode(self, observation: dict[str, torch.Tensor]) -> Context:
-        if self.preprocessor is not None:
-            observation = self.preprocessor(dict(observation))
+        observation = self._preprocess(observation)
         self._check_observation(observation)
         policy, model = self.policy, self.policy.model
 
@@ -194,11 +159,7 @@ class SmolVLAAdapter(SteerableAdapter):
         prefix_pad_masks = context.decode_state["prefix_pad_masks"]
         past_key_values = context.decode_state["past_key_values"]
         batch_size = prefix_pad_masks.shape[0]
-        if tuple(noise.shape[1:]) != self.noise_shape or noise.shape[0] != batch_size:
-            raise ValueError(
-                f"noise must be [{batch_size}, {self.noise_shape[0]}, {self.noise_shape[1]}] for this context, "
-                f"got {tuple(noise.shape)}"
-            )
+        self._check_noise(noise, batch_size)
         model = self.policy.model
         x_t = noise.to(device=prefix_pad_masks.device, dtype=torch.float32)  # LeRobot's noise is float32
         dt = -1.0 / self.num_steps
@@ -218,6 +179,4 @@ class SmolVLAAdapter(SteerableAdapter):
         actions = self.denoise(context, noise)[:, :, : self.action_dim]
         if self.policy.config.adapt_to_pi_aloha:  # LeRobot's transform writes in place: give it a copy
             actions = self.policy._pi_aloha_encode_actions(actions.clone())
-        if self.postprocessor is not None:
-            actions = self.postprocessor(actions)
-        return actions
+        return self._postprocess(actions)

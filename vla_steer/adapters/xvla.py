@@ -52,13 +52,12 @@ import torch
 from lerobot.policies.xvla.modeling_xvla import XVLAPolicy
 from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE
 
-from vla_steer.adapters.peft_support import unwrap_peft
-from vla_steer.adapters.pooling import Pooling, check_pooling, pool_tokens
-from vla_steer.adapters.base import Context, SteerableAdapter
+from vla_steer.adapters.base import Context
+from vla_steer.adapters.lerobot import LeRobotPolicyAdapter
+from vla_steer.adapters.pooling import Pooling, check_pooling, pool_tokens, pooled_width
 
 
-
-class XVLAAdapter(SteerableAdapter):
+class XVLAAdapter(LeRobotPolicyAdapter):
     """Steer a frozen LeRobot ``XVLAPolicy`` through the initial noise ``x1`` of its denoising loop.
 
     Args:
@@ -86,22 +85,18 @@ class XVLAAdapter(SteerableAdapter):
         preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
-        policy = unwrap_peft(policy)  # PeftModel.model would be the whole policy, not its inner model
         check_pooling(pooling)
+        if num_denoising_steps is not None and num_denoising_steps < 1:
+            raise ValueError(f"num_denoising_steps must be at least 1, got {num_denoising_steps}")
+        super().__init__(policy, preprocessor, postprocessor)
         if num_denoising_steps is not None:
-            if num_denoising_steps < 1:
-                raise ValueError(f"num_denoising_steps must be at least 1, got {num_denoising_steps}")
-            policy.config.num_denoising_steps = int(num_denoising_steps)
-
-        self.policy = policy.eval().requires_grad_(False)
+            self.policy.config.num_denoising_steps = int(num_denoising_steps)
         self.pooling = pooling
         self.include_proprio = include_proprio
-        text_config = policy.model.vlm.config.text_config
+        model = self.policy.model
+        text_config = model.vlm.config.text_config
         self.pad_token_id = text_config.pad_token_id if pad_token_id is None else int(pad_token_id)
-        self.preprocessor = preprocessor
-        self.postprocessor = postprocessor
         # Width after the action space's postprocess (it may trim padded dims); read off a dummy chunk.
-        model = policy.model
         dummy = torch.zeros(1, 1, model.dim_action, device=self.device)
         self._action_dim = int(model.action_space.postprocess(dummy).shape[-1])
 
@@ -116,10 +111,6 @@ class XVLAAdapter(SteerableAdapter):
         return self._action_dim
 
     @property
-    def n_action_steps(self) -> int:
-        return self.policy.config.n_action_steps
-
-    @property
     def num_denoising_steps(self) -> int:
         return max(1, int(self.policy.config.num_denoising_steps))  # generate_actions clamps the same way
 
@@ -130,39 +121,20 @@ class XVLAAdapter(SteerableAdapter):
 
     @property
     def feature_dim(self) -> int:
-        width = self.hidden_size * (2 if self.pooling == "mean+last" else 1)
+        width = pooled_width(self.hidden_size, self.pooling)
         return width + (self.policy.model.dim_proprio if self.include_proprio else 0)
 
     @property
-    def device(self) -> torch.device:
-        return next(self.policy.parameters()).device
-
-    @property
     def dtype(self) -> torch.dtype:
+        """The dtype ``generate_actions`` casts the inputs to."""
         return self.policy.model._get_target_dtype()
 
     # ------------------------------------------------------------------------------------------------
     # encode
     def _check_observation(self, observation: Any) -> None:
         config, model = self.policy.config, self.policy.model
-        if not isinstance(observation, dict):
-            raise TypeError(
-                "XVLAAdapter.encode takes a dict of tensors (the policy's preprocessed batch), "
-                f"got {type(observation).__name__}"
-            )
-        missing = []
-        if OBS_LANGUAGE_TOKENS not in observation:
-            missing.append(OBS_LANGUAGE_TOKENS)
-        if config.use_proprio and OBS_STATE not in observation:
-            missing.append(OBS_STATE)  # LeRobot would pass an empty proprio and fail deep in the transformer
-        if not any(key in observation for key in config.image_features):
-            missing.append(f"one of the cameras ({', '.join(config.image_features)})")
-        if missing:
-            hint = ""
-            if OBS_LANGUAGE_TOKENS in missing:
-                hint = (" Language tokens come from the policy preprocessor (TokenizerProcessorStep): run it on the"
-                        " batch first or give the adapter preprocessor=.")
-            raise ValueError(f"X-VLA observation is missing {', '.join(missing)}.{hint}")
+        # without the state LeRobot would pass an empty proprio and fail deep in the transformer
+        self._check_batch(observation, [OBS_LANGUAGE_TOKENS, *([OBS_STATE] if config.use_proprio else [])])
 
         tokens = observation[OBS_LANGUAGE_TOKENS]
         if tokens.ndim != 2 or tokens.is_floating_point():
@@ -203,8 +175,7 @@ class XVLAAdapter(SteerableAdapter):
 
     @torch.no_grad()
     def encode(self, observation: dict[str, torch.Tensor]) -> Context:
-        if self.preprocessor is not None:
-            observation = self.preprocessor(dict(observation))
+        observation = self._preprocess(observation)
         self._check_observation(observation)
         policy, model = self.policy, self.policy.model
 
@@ -243,11 +214,7 @@ class XVLAAdapter(SteerableAdapter):
         state = context.decode_state
         proprio, domain_id = state["proprio"], state["domain_id"]
         batch_size = proprio.shape[0]
-        if tuple(noise.shape[1:]) != self.noise_shape or noise.shape[0] != batch_size:
-            raise ValueError(
-                f"noise must be [{batch_size}, {self.noise_shape[0]}, {self.noise_shape[1]}] for this context, "
-                f"got {tuple(noise.shape)}"
-            )
+        self._check_noise(noise, batch_size)
         model = self.policy.model
         x1 = noise.to(device=proprio.device, dtype=self.dtype)
         action = torch.zeros_like(x1)
@@ -270,7 +237,4 @@ class XVLAAdapter(SteerableAdapter):
         """The chunk ``predict_action_chunk`` would return had it started from ``noise``:
         ``[B, chunk_size, action_dim]`` (through ``postprocessor`` when one was given)."""
         # postprocess writes the gripper sigmoid in place: give it a copy, not a node of the autograd graph
-        actions = self.policy.model.action_space.postprocess(self.denoise(context, noise).clone())
-        if self.postprocessor is not None:
-            actions = self.postprocessor(actions)
-        return actions
+        return self._postprocess(self.policy.model.action_space.postprocess(self.denoise(context, noise).clone()))
