@@ -31,6 +31,7 @@ from lerobot.policies.pi0.modeling_pi0 import (
 from lerobot.policies.pi05.configuration_pi05 import PI05Config
 from lerobot.policies.pi05.modeling_pi05 import PI05Policy, PI05Pytorch
 from lerobot.policies.pretrained import PreTrainedPolicy
+from tiny_common import word_level_tokenizer
 from torch import nn
 
 
@@ -256,13 +257,8 @@ TASK_WORDS = ("pick", "place", "push", "the", "red", "blue", "cube", "block")
 def tiny_tokenizer():
     """A word-level ``PreTrainedTokenizerFast`` whose ids fit :data:`TINY`'s vocabulary (300): the pi0.5 prompt
     words, the 256 state bins, a few task words; anything else maps to ``<unk>``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     words = ["<pad>", "<unk>", "Task", "State", "Action", ":", ",", ";", *TASK_WORDS, *map(str, range(256))]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>")
+    return word_level_tokenizer(words, pre_tokenizer="Whitespace", pad_token="<pad>")  # splits off ":" "," ";"
 
 
 def make_pi_processors(config: PI0Config | PI05Config, dataset_stats: dict, tokenizer=None):

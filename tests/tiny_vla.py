@@ -19,10 +19,13 @@ Typical use::
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from tiny_common import DEFAULT_TASKS  # noqa: F401  (tests import it from here)
+from tiny_common import CAMERA_SHAPE, TASK_WORDS, language_tokens, random_batch, robot_features, word_level_tokenizer
 
 # Image special tokens SmolVLA's VLAFlowMatching / SmolVLMProcessor look up on the tokenizer, by attribute name.
 IMAGE_SPECIAL_TOKENS = {
@@ -31,27 +34,17 @@ IMAGE_SPECIAL_TOKENS = {
     "image_token": "<image>",
     "end_of_utterance_token": "<end_of_utterance>",
 }
-TASK_WORDS = ("pick", "place", "push", "open", "close", "the", "a", "red", "blue", "green", "cube", "block",
-              "drawer", "door", "into", "on", "left", "right", "up", "down")
-DEFAULT_TASKS = ("pick up the red cube", "push the blue block left", "open the drawer", "close the door")
-
 STATE_DIM, ACTION_DIM = 4, 2
-CAMERA_SHAPE = (3, 24, 40)  # not square and not the VLM's size: exercises LeRobot's resize-with-pad
 
 
 def _tokenizer():
-    """A word-level fast tokenizer over ``TASK_WORDS``, with padding, ``<unk>`` and the image special tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """A word-level fast tokenizer over ``TASK_WORDS``, with padding, ``<unk>`` and the image special tokens.
 
-    specials = ["<pad>", "<unk>", "<|im_start|>", *IMAGE_SPECIAL_TOKENS.values()]
-    vocab = {token: i for i, token in enumerate([*specials, *TASK_WORDS])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # the trailing "\n" SmolVLA appends is dropped
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+    Its whitespace split drops the trailing ``"\n"`` SmolVLA appends to the task.
+    """
+    return word_level_tokenizer(
+        ["<pad>", "<unk>", "<|im_start|>", *IMAGE_SPECIAL_TOKENS.values(), *TASK_WORDS],
         pad_token="<pad>",
-        unk_token="<unk>",
         bos_token="<|im_start|>",
         additional_special_tokens=list(IMAGE_SPECIAL_TOKENS.values()),
         extra_special_tokens=dict(IMAGE_SPECIAL_TOKENS),  # becomes tokenizer.fake_image_token_id etc.
@@ -137,15 +130,10 @@ def tiny_smolvla_config(
 ):
     """A ``SmolVLAConfig`` on the tiny VLM at ``vlm_dir``: 2 VLM layers, an expert on each (layer 0 self-attention,
     layer 1 cross-attention, as in SmolVLA's default interleaving), chunks of 8 over 8 padded action dims."""
-    from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
-    inputs = {"observation.state": PolicyFeature(FeatureType.STATE, (state_dim,))}
-    inputs.update({f"observation.images.cam{i}": PolicyFeature(FeatureType.VISUAL, tuple(camera_shape))
-                   for i in range(cameras)})
     fields = dict(
-        input_features=inputs,
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (action_dim,))},
+        **robot_features(state_dim=state_dim, action_dim=action_dim, cameras=cameras, camera_shape=camera_shape),
         vlm_model_name=str(vlm_dir),
         load_vlm_weights=False,
         num_vlm_layers=2,
@@ -175,12 +163,8 @@ def tiny_smolvla_policy(vlm_dir: str | Path, *, seed: int = 0, **config_kwargs: 
 
 def tokenize_tasks(policy, tasks: list[str]) -> dict[str, torch.Tensor]:
     """Language tokens and mask as LeRobot's ``TokenizerProcessorStep`` writes them (padded right to the longest)."""
-    from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
-
-    tokenizer = policy.model.vlm_with_expert.processor.tokenizer
-    encoded = tokenizer([f"{task}\n" for task in tasks], padding="longest", padding_side="right",
-                        truncation=True, max_length=policy.config.tokenizer_max_length, return_tensors="pt")
-    return {OBS_LANGUAGE_TOKENS: encoded["input_ids"], OBS_LANGUAGE_ATTENTION_MASK: encoded["attention_mask"].bool()}
+    return language_tokens(policy.model.vlm_with_expert.processor.tokenizer, [f"{task}\n" for task in tasks],
+                           policy.config.tokenizer_max_length, padding="longest")
 
 
 def tiny_smolvla_batch(policy, batch_size: int, seed: int, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -188,16 +172,4 @@ def tiny_smolvla_batch(policy, batch_size: int, seed: int, tasks: list[str] | No
 
     Tasks default to ``DEFAULT_TASKS`` in turn, which have different lengths, so the language padding mask matters.
     """
-    from lerobot.configs.types import FeatureType
-
-    g = torch.Generator().manual_seed(seed)
-    batch = {}
-    for key, feature in policy.config.input_features.items():
-        if feature.type is FeatureType.VISUAL and "empty_camera" not in key:
-            batch[key] = torch.rand((batch_size, *feature.shape), generator=g)
-        elif feature.type is FeatureType.STATE:
-            batch[key] = torch.randn((batch_size, *feature.shape), generator=g)
-    if tasks is None:
-        tasks = [DEFAULT_TASKS[i % len(DEFAULT_TASKS)] for i in range(batch_size)]
-    batch.update(tokenize_tasks(policy, tasks))
-    return batch
+    return random_batch(policy, batch_size, seed, tasks, partial(tokenize_tasks, policy))

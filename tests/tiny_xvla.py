@@ -20,17 +20,16 @@ Typical use::
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
+from tiny_common import DEFAULT_TASKS  # noqa: F401  (tests import it from here)
+from tiny_common import CAMERA_SHAPE, TASK_WORDS, language_tokens, random_batch, robot_features, word_level_tokenizer
 
 STATE_DIM, ACTION_DIM = 5, 4
-CAMERA_SHAPE = (3, 24, 40)  # not square and not the VLM's size: exercises LeRobot's resize-with-pad
 TEXT_HIDDEN = 32  # BART d_model == Florence-2 projection_dim
 PAD_ID, BOS_ID, EOS_ID = 1, 0, 2  # BART's ids, which Florence2LanguageConfig defaults to
-TASK_WORDS = ("pick", "place", "push", "open", "close", "the", "a", "red", "blue", "green", "cube", "block",
-              "drawer", "door", "into", "on", "left", "right", "up", "down")
-DEFAULT_TASKS = ("pick up the red cube", "push the blue block left", "open the drawer", "close the door")
 VOCAB_SIZE = 4 + len(TASK_WORDS)  # <s>, <pad>, </s>, <unk>, words
 
 
@@ -81,15 +80,10 @@ def tiny_xvla_config(
     Defaults: ``action_mode="auto"`` over ``max_action_dim=6`` (the noise has 6 dims, the robot 4), two cameras
     plus one masked, zero-filled view (``num_image_views=3``), proprio padded to ``max_state_dim=8``.
     """
-    from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.xvla.configuration_xvla import XVLAConfig
 
-    inputs = {"observation.state": PolicyFeature(FeatureType.STATE, (state_dim,))}
-    inputs.update({f"observation.images.cam{i}": PolicyFeature(FeatureType.VISUAL, tuple(camera_shape))
-                   for i in range(cameras)})
     fields = dict(
-        input_features=inputs,
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (action_dim,))},
+        **robot_features(state_dim=state_dim, action_dim=action_dim, cameras=cameras, camera_shape=camera_shape),
         florence_config=tiny_florence_config(),
         tokenizer_max_length=12,
         hidden_size=32,
@@ -131,28 +125,15 @@ def tiny_xvla_policy(*, seed: int = 0, **config_kwargs: Any):
 
 def tiny_bart_tokenizer():
     """A word-level fast tokenizer over ``TASK_WORDS`` with BART's special ids; wraps each text in ``<s> ... </s>``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "<unk>", *TASK_WORDS])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", BOS_ID), ("</s>", EOS_ID)]
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
+    return word_level_tokenizer(["<s>", "<pad>", "</s>", "<unk>", *TASK_WORDS], wrap_with=("<s>", "</s>"),
+                                bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
 def tokenize_tasks(policy, tasks: list[str], tokenizer=None) -> dict[str, torch.Tensor]:
     """Language tokens and mask as LeRobot's ``TokenizerProcessorStep`` writes them for X-VLA (right padding to
     ``tokenizer_max_length``, X-VLA's ``pad_language_to="max_length"``)."""
-    from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
-
-    tokenizer = tokenizer or tiny_bart_tokenizer()
-    encoded = tokenizer(list(tasks), padding="max_length", padding_side="right", truncation=True,
-                        max_length=policy.config.tokenizer_max_length, return_tensors="pt")
-    return {OBS_LANGUAGE_TOKENS: encoded["input_ids"], OBS_LANGUAGE_ATTENTION_MASK: encoded["attention_mask"].bool()}
+    return language_tokens(tokenizer or tiny_bart_tokenizer(), tasks, policy.config.tokenizer_max_length,
+                           padding="max_length")
 
 
 def tiny_xvla_batch(policy, batch_size: int, seed: int, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -160,16 +141,4 @@ def tiny_xvla_batch(policy, batch_size: int, seed: int, tasks: list[str] | None 
 
     Tasks default to ``DEFAULT_TASKS`` in turn, which have different lengths, so the language padding matters.
     """
-    from lerobot.configs.types import FeatureType
-
-    g = torch.Generator().manual_seed(seed)
-    batch = {}
-    for key, feature in policy.config.input_features.items():
-        if feature.type is FeatureType.VISUAL and "empty_camera" not in key:
-            batch[key] = torch.rand((batch_size, *feature.shape), generator=g)
-        elif feature.type is FeatureType.STATE:
-            batch[key] = torch.randn((batch_size, *feature.shape), generator=g)
-    if tasks is None:
-        tasks = [DEFAULT_TASKS[i % len(DEFAULT_TASKS)] for i in range(batch_size)]
-    batch.update(tokenize_tasks(policy, tasks))
-    return batch
+    return random_batch(policy, batch_size, seed, tasks, partial(tokenize_tasks, policy))

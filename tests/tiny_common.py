@@ -1,0 +1,81 @@
+"""What the tiny offline LeRobot builders (tiny_vla.py, tiny_xvla.py, tiny_pi0.py) share: a word-level tokenizer,
+the language entries LeRobot's ``TokenizerProcessorStep`` writes, the features of a small robot and random
+observation batches. Nothing here downloads anything."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+TASK_WORDS = ("pick", "place", "push", "open", "close", "the", "a", "red", "blue", "green", "cube", "block",
+              "drawer", "door", "into", "on", "left", "right", "up", "down")
+DEFAULT_TASKS = ("pick up the red cube", "push the blue block left", "open the drawer", "close the door")
+CAMERA_SHAPE = (3, 24, 40)  # not square and not the VLM's size: exercises LeRobot's resize-with-pad
+
+
+def word_level_tokenizer(tokens: Sequence[str], *, pre_tokenizer: str = "WhitespaceSplit",
+                         wrap_with: tuple[str, str] | None = None, **special_tokens: Any):
+    """A fast tokenizer whose ids are the positions in ``tokens``; any other word becomes ``<unk>``.
+
+    ``pre_tokenizer`` names a ``tokenizers.pre_tokenizers`` class (``"Whitespace"`` also splits off punctuation);
+    ``wrap_with`` is a ``(first, last)`` pair of tokens put around every text (BART's ``<s> ... </s>``);
+    ``special_tokens`` (``pad_token="<pad>"`` ...) go to ``PreTrainedTokenizerFast``.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(tokens)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = getattr(pre_tokenizers, pre_tokenizer)()
+    if wrap_with is not None:
+        first, last = wrap_with
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{first} $A {last}", special_tokens=[(first, vocab[first]), (last, vocab[last])]
+        )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", **special_tokens)
+
+
+def language_tokens(tokenizer, texts: Sequence[str], max_length: int, padding: str) -> dict[str, torch.Tensor]:
+    """Language tokens and mask as LeRobot's ``TokenizerProcessorStep`` writes them: padded on the right
+    (``padding="longest"`` or ``"max_length"``) and truncated to ``max_length``."""
+    from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
+
+    encoded = tokenizer(list(texts), padding=padding, padding_side="right", truncation=True, max_length=max_length,
+                        return_tensors="pt")
+    return {OBS_LANGUAGE_TOKENS: encoded["input_ids"], OBS_LANGUAGE_ATTENTION_MASK: encoded["attention_mask"].bool()}
+
+
+def robot_features(*, state_dim: int, action_dim: int, cameras: int,
+                   camera_shape: tuple[int, int, int]) -> dict[str, dict]:
+    """``input_features`` (``observation.state``, then cameras ``observation.images.cam0`` ...) and
+    ``output_features`` (``action``) for a LeRobot policy config."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    inputs = {"observation.state": PolicyFeature(FeatureType.STATE, (state_dim,))}
+    inputs.update({f"observation.images.cam{i}": PolicyFeature(FeatureType.VISUAL, tuple(camera_shape))
+                   for i in range(cameras)})
+    return {"input_features": inputs,
+            "output_features": {"action": PolicyFeature(FeatureType.ACTION, (action_dim,))}}
+
+
+def random_batch(policy, batch_size: int, seed: int, tasks: Sequence[str] | None,
+                 tokenize: Callable[[list[str]], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A preprocessed batch for ``policy``: a random state, random [0, 1] images (not LeRobot's padded empty
+    cameras) and ``tokenize(tasks)``.
+
+    Tasks default to ``DEFAULT_TASKS`` in turn, which have different lengths, so the language padding matters.
+    """
+    from lerobot.configs.types import FeatureType
+
+    g = torch.Generator().manual_seed(seed)
+    batch = {}
+    for key, feature in policy.config.input_features.items():
+        if feature.type is FeatureType.VISUAL and "empty_camera" not in key:
+            batch[key] = torch.rand((batch_size, *feature.shape), generator=g)
+        elif feature.type is FeatureType.STATE:
+            batch[key] = torch.randn((batch_size, *feature.shape), generator=g)
+    if tasks is None:
+        tasks = [DEFAULT_TASKS[i % len(DEFAULT_TASKS)] for i in range(batch_size)]
+    batch.update(tokenize(list(tasks)))
+    return batch
