@@ -31,6 +31,15 @@ class EnvConfig:
     reward_scale: float = 1.0  # dense_minus_one: reward / reward_scale - 1
     terminate_on_success: bool = False
     kwargs: dict = field(default_factory=dict)
+    # "pixels_state" (Meta-World): {"observation.image": rendered camera, "observation.state": ...}
+    observation: Literal["state", "pixels_state"] = "state"
+    image_size: int = 64  # square render size for pixels_state
+    camera: str = "corner2"
+    state: Literal["full", "agent_pos"] = "full"  # pixels_state: whole flat obs, or hand xyz + gripper only
+
+    def observation_kwargs(self) -> dict:
+        """The :func:`vla_steer.envs.registry.make_env` arguments that shape the observation."""
+        return dict(observation=self.observation, image_size=self.image_size, camera=self.camera, state=self.state)
 
 
 @dataclass
@@ -46,7 +55,10 @@ class DemosConfig:
 @dataclass
 class BaseConfig:
     path: Optional[str] = None  # a trained base (config.json + model.safetensors); if set, no BC
-    type: Literal["diffusion", "flow"] = "diffusion"
+    # diffusion / flow: the built-in MLP chunk policies. smolvla: LeRobot's SmolVLAPolicy at toy scale on a
+    # local random-init SmolVLM (needs env.observation: pixels_state); hidden_dim / num_layers are the VLM's
+    # width / depth, horizon the chunk size, num_inference_steps the Euler steps.
+    type: Literal["diffusion", "flow", "smolvla"] = "diffusion"
     horizon: int = 4
     n_action_steps: int = 4
     hidden_dim: int = 256
@@ -259,6 +271,11 @@ def validate_recipe(recipe: Recipe) -> None:
     checks = [
         (recipe.env.num_envs >= 1, "env.num_envs must be >= 1"),
         (recipe.base.n_action_steps <= recipe.base.horizon, "base.n_action_steps must be <= base.horizon"),
+        (recipe.base.type != "smolvla" or recipe.env.observation == "pixels_state" or recipe.base.path,
+         "base.type 'smolvla' is trained on images: set env.observation: pixels_state"),
+        (recipe.env.observation == "state" or recipe.base.type == "smolvla",
+         f"env.observation '{recipe.env.observation}' gives image observations, which the built-in "
+         f"'{recipe.base.type}' policy cannot read: use base.type: smolvla"),
         (recipe.head.bound > 0, "head.bound must be > 0"),
         (recipe.head.num_critics >= 1, "head.num_critics must be >= 1"),
         (0 < recipe.algorithm.gamma <= 1, "algorithm.gamma must be in (0, 1]"),

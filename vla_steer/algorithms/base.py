@@ -18,6 +18,8 @@ from vla_steer.steering import TanhGaussianLatentPolicy
 
 class SteeringAlgorithm(nn.Module):
     name = "abstract"
+    #: whether updates decode executed actions from the replay buffer's stored decode state
+    needs_stored_decode_state = False
 
     def __init__(self, cfg: AlgorithmConfig, head: HeadConfig, adapter: SteerableAdapter, layout: LatentLayout,
                  accelerator: Accelerator):

@@ -18,6 +18,8 @@ from vla_steer.steering import CriticEnsemble
 class DualCriticMixin:
     """Q^A by TD on executed actions + Q^W distilled from Q^A on prior noise (shared by DSRL-NA and LP-DS)."""
 
+    needs_stored_decode_state = True
+
     def init_dual_critics(self):
         F, head = self.adapter.feature_dim, self.head_cfg
         self.action_critic = CriticEnsemble(F, self.action_input_dim, head.num_critics, head.hidden_dim, head.num_layers, head.encoder_dim)

@@ -39,6 +39,10 @@ class LPDS(DualCriticMixin, SteeringAlgorithm):
             self.noise_critic_target = copy.deepcopy(self.noise_critic).requires_grad_(False)
             self.make_optimizer("noise_critic", self.noise_critic.parameters(), cfg.critic_lr)
 
+    @property
+    def needs_stored_decode_state(self) -> bool:
+        return self.cfg.critic == "action"
+
     def steer(self, features, eps=None):
         """``(z, Delta)`` with fresh prior noise unless ``eps`` is given."""
         delta = self.delta_net(features)

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vla_steer.data.experts import make_expert
-from vla_steer.envs.registry import make_env
+from vla_steer.envs.registry import IMAGE_KEY, STATE_KEY, make_env, task_description
 
 COMPLETE_MARKER = "vla_steer_complete.json"
 
@@ -52,16 +52,25 @@ def generate_demonstrations(
     cache_dir: str | Path,
     only_successful: bool = False,
     env_kwargs: dict | None = None,
+    observation_kwargs: dict | None = None,
     fps: int = 30,
     show_progress: bool = True,
 ) -> Path:
-    """Roll out the scripted expert and write a LeRobotDataset; returns its root (cached)."""
+    """Roll out the scripted expert and write a LeRobotDataset; returns its root (cached).
+
+    With ``observation_kwargs={"observation": "pixels_state", ...}`` the frames also hold the rendered camera
+    (``observation.image``, stored as PNG frames) and the task text is the env's language instruction.
+    """
     import datasets
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     datasets.disable_progress_bars()  # one bar per episode from LeRobot's stats otherwise
+    observation_kwargs = observation_kwargs or {"observation": "state"}
+    pixels = observation_kwargs["observation"] == "pixels_state"
     spec = dict(env_id=env_id, num_episodes=num_episodes, action_noise=action_noise, seed=seed,
                 max_episode_steps=max_episode_steps, only_successful=only_successful, env_kwargs=env_kwargs or {})
+    if pixels:  # keeps the cache keys of state-only datasets unchanged
+        spec["observation"] = observation_kwargs
     root = Path(cache_dir) / f"{env_id.replace('/', '_')}-{demo_cache_key(spec)}"
     if (root / COMPLETE_MARKER).is_file():
         return root
@@ -69,16 +78,21 @@ def generate_demonstrations(
     shutil.rmtree(tmp_root, ignore_errors=True)
     tmp_root.parent.mkdir(parents=True, exist_ok=True)
 
-    env = make_env(env_id, seed=seed, max_episode_steps=max_episode_steps, kwargs=env_kwargs)
+    env = make_env(env_id, seed=seed, max_episode_steps=max_episode_steps, kwargs=env_kwargs, **observation_kwargs)
     expert = make_expert(env_id)
     rng = np.random.default_rng(seed)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    state_space = env.observation_space[STATE_KEY] if pixels else env.observation_space
+    obs_dim, act_dim = state_space.shape[0], env.action_space.shape[0]
     features = {
         "observation.state": {"dtype": "float32", "shape": (obs_dim,), "names": None},
         "action": {"dtype": "float32", "shape": (act_dim,), "names": None},
         "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
         "next.success": {"dtype": "bool", "shape": (1,), "names": None},
     }
+    if pixels:
+        _, height, width = env.observation_space[IMAGE_KEY].shape
+        features[IMAGE_KEY] = {"dtype": "image", "shape": (height, width, 3), "names": ["height", "width", "channels"]}
+    task = task_description(env_id) if pixels else env_id
     dataset = LeRobotDataset.create(repo_id=f"vla_steer/{root.name}", fps=fps, features=features,
                                     root=tmp_root, use_videos=False)
     low, high = env.action_space.low, env.action_space.high
@@ -94,19 +108,24 @@ def generate_demonstrations(
             frames, success = [], False
             done = False
             while not done:
-                action = expert(obs, env)
+                action = expert(env.flat_observation if pixels else obs, env)
                 action = np.clip(action + action_noise * rng.standard_normal(act_dim), low, high).astype(np.float32)
                 next_obs, reward, terminated, truncated, info = env.step(action)
                 success = success or info["is_success"]
-                frames.append({"observation.state": obs.astype(np.float32), "action": action,
-                               "next.reward": np.array([reward], np.float32),
-                               "next.success": np.array([info["is_success"]], bool)})
+                frame = {"action": action, "next.reward": np.array([reward], np.float32),
+                         "next.success": np.array([info["is_success"]], bool)}
+                if pixels:
+                    frame[STATE_KEY] = obs[STATE_KEY]
+                    frame[IMAGE_KEY] = (obs[IMAGE_KEY].transpose(1, 2, 0) * 255).round().astype(np.uint8)
+                else:
+                    frame[STATE_KEY] = obs.astype(np.float32)
+                frames.append(frame)
                 obs, done = next_obs, terminated or truncated
             successes += success
             if only_successful and not success:
                 continue
             for frame in frames:
-                dataset.add_frame({**frame, "task": env_id})
+                dataset.add_frame({**frame, "task": task})
             dataset.save_episode()
             kept += 1
             progress.update(1)

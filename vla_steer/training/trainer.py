@@ -89,7 +89,7 @@ def make_vector_env(recipe: Recipe, num_envs: int, seed: int, n_action_steps: in
     def factory(i):
         return lambda: make_env(e.id, seed=seed + i, max_episode_steps=e.max_episode_steps, reward_mode=e.reward_mode,
                                 terminate_on_success=e.terminate_on_success, reward_scale=e.reward_scale,
-                                chunk_steps=n_action_steps, kwargs=e.kwargs)
+                                chunk_steps=n_action_steps, kwargs=e.kwargs, **e.observation_kwargs())
 
     cls = gym.vector.AsyncVectorEnv if e.vectorization == "async" else gym.vector.SyncVectorEnv
     return cls([factory(i) for i in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -394,6 +394,11 @@ class SteeringTrainer:
 
         obs, _ = self.envs.reset(seed=[self.env_seed + self.iteration * 100 + i for i in range(self.recipe.env.num_envs)])
         context = self.adapter.encode(self._obs_tensor(obs))
+        if self.algo.needs_stored_decode_state and not context.storable:
+            raise ValueError(
+                f"{self.recipe.algorithm.name} decodes actions from replay-buffer contexts, but the "
+                f"{type(self.adapter).__name__} context (a VLM KV cache) is too large to store: use "
+                "algorithm.name: dsrl_sac, or lpds with algorithm.critic: latent")
         updates_per_iteration = self.recipe.algorithm.utd * self.recipe.env.num_envs
         progress = tqdm(total=self.total_iterations, initial=self.iteration, desc=f"{self.recipe.algorithm.name}",
                         disable=not (t.show_progress and acc.is_main_process), unit="it")
