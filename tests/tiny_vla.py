@@ -25,97 +25,18 @@ from typing import Any
 
 import torch
 from tiny_common import DEFAULT_TASKS  # noqa: F401  (tests import it from here)
-from tiny_common import CAMERA_SHAPE, TASK_WORDS, language_tokens, random_batch, robot_features, word_level_tokenizer
+from tiny_common import CAMERA_SHAPE, TASK_WORDS, language_tokens, random_batch, robot_features
 
-# Image special tokens SmolVLA's VLAFlowMatching / SmolVLMProcessor look up on the tokenizer, by attribute name.
-IMAGE_SPECIAL_TOKENS = {
-    "fake_image_token": "<fake_token_around_image>",
-    "global_image_token": "<global-img>",
-    "image_token": "<image>",
-    "end_of_utterance_token": "<end_of_utterance>",
-}
+from vla_steer.policies import tiny_vlm
+from vla_steer.policies.tiny_vlm import IMAGE_SPECIAL_TOKENS  # noqa: F401  (tests import it from here)
+
 STATE_DIM, ACTION_DIM = 4, 2
 
 
-def _tokenizer():
-    """A word-level fast tokenizer over ``TASK_WORDS``, with padding, ``<unk>`` and the image special tokens.
-
-    Its whitespace split drops the trailing ``"\n"`` SmolVLA appends to the task.
-    """
-    return word_level_tokenizer(
-        ["<pad>", "<unk>", "<|im_start|>", *IMAGE_SPECIAL_TOKENS.values(), *TASK_WORDS],
-        pad_token="<pad>",
-        bos_token="<|im_start|>",
-        additional_special_tokens=list(IMAGE_SPECIAL_TOKENS.values()),
-        extra_special_tokens=dict(IMAGE_SPECIAL_TOKENS),  # becomes tokenizer.fake_image_token_id etc.
-    )
-
-
-def write_tiny_smolvlm(
-    directory: str | Path,
-    *,
-    image_size: int = 32,
-    patch_size: int = 8,
-    scale_factor: int = 2,
-    hidden_size: int = 32,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    vision_hidden_size: int = 16,
-) -> Path:
-    """Write a tiny SmolVLM (config + tokenizer + processors) to ``directory`` and return its path.
-
-    ``image_size`` must equal SmolVLA's ``resize_imgs_with_padding`` (the vision tower's position embedding has
-    ``(image_size / patch_size)**2`` entries). Each camera becomes ``(image_size / patch_size / scale_factor)**2``
-    prefix tokens (4 with the defaults).
-    """
-    from transformers import SmolVLMConfig
-    from transformers.models.smolvlm import SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
-
-    if (image_size // patch_size) % scale_factor:
-        raise ValueError("scale_factor must divide image_size / patch_size (the connector's pixel shuffle)")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-
-    tokenizer = _tokenizer()
-    text_config = {
-        "model_type": "llama",
-        "vocab_size": len(tokenizer),
-        "hidden_size": hidden_size,
-        "intermediate_size": 2 * hidden_size,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": num_kv_heads,
-        "head_dim": hidden_size // num_heads,
-        "max_position_embeddings": 256,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    vision_config = {
-        "hidden_size": vision_hidden_size,
-        "intermediate_size": 2 * vision_hidden_size,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "image_size": image_size,
-        "patch_size": patch_size,
-    }
-    SmolVLMConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        scale_factor=scale_factor,
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_SPECIAL_TOKENS["image_token"]),
-        pad_token_id=tokenizer.pad_token_id,
-    ).save_pretrained(directory)
-
-    # LeRobot preprocesses images itself; the processors only have to load, so keep them at the tiny size.
-    size = {"longest_edge": image_size}
-    processor = SmolVLMProcessor(
-        image_processor=SmolVLMImageProcessor(size=size, max_image_size=size, do_image_splitting=False),
-        tokenizer=tokenizer,
-        video_processor=SmolVLMVideoProcessor(size=size, max_image_size=size),
-        image_seq_len=(image_size // patch_size // scale_factor) ** 2,
-    )
-    processor.save_pretrained(directory)
-    return directory
+def write_tiny_smolvlm(directory: str | Path, **sizes: int) -> Path:
+    """:func:`vla_steer.policies.tiny_vlm.write_tiny_smolvlm` over ``TASK_WORDS``: the tiny SmolVLM (2 Llama
+    layers of width 32, 32 px images, 4 prefix tokens per camera) in ``directory``; ``sizes`` override those."""
+    return tiny_vlm.write_tiny_smolvlm(directory, TASK_WORDS, **sizes)
 
 
 def tiny_smolvla_config(
