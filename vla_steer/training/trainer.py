@@ -459,6 +459,8 @@ class SteeringTrainer:
         """The trained head's weights (safetensors) and what it was trained on (JSON)."""
         from safetensors.torch import save_file
 
+        from vla_steer.hub.fingerprint import base_fingerprint
+
         directory = self.output_dir / "head"
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
@@ -467,7 +469,8 @@ class SteeringTrainer:
         (directory / "head_config.json").write_text(json.dumps({
             "algorithm": self.recipe.algorithm.name, "head": asdict(self.recipe.head), "noise_shape": list(self.adapter.noise_shape),
             "latent_shape": list(self.layout.latent_shape), "feature_dim": self.adapter.feature_dim,
-            "adapter": self.adapter.family, "env": self.recipe.env.id}, indent=2))
+            "adapter": self.adapter.family, "env": self.recipe.env.id,
+            "base_fingerprint": base_fingerprint(self.adapter)}, indent=2))  # which base it was trained on (hub/FORMAT.md)
         return directory
 
     def _print(self, message: str) -> None:
