@@ -6,6 +6,9 @@ Examples::
     vla-steer train recipes/metaworld_push_dsrl_sac.yaml train.seed=1 train.output_dir=runs/sac1
     accelerate launch --cpu --num_processes 2 -m vla_steer train recipes/quickstart.yaml
     vla-steer eval runs/quickstart --episodes 100
+    vla-steer push runs/quickstart --repo-id me/push-v3-lpds --dry-run
+    vla-steer pull me/push-v3-lpds --revision <commit>
+    vla-steer info me/push-v3-lpds --base
 """
 
 from __future__ import annotations
@@ -77,6 +80,165 @@ def cmd_eval(args) -> None:
     print(json.dumps(report, indent=2))
 
 
+class CommandError(Exception):
+    """A user-facing failure of a hub command (printed without a traceback)."""
+
+
+def _hub_errors(fn):
+    """Turn the hub's ValueErrors (bad files, a head for another base, a missing argument) into clean exits."""
+    def wrapped(args) -> int | None:
+        try:
+            return fn(args)
+        except (FileNotFoundError, FileExistsError):
+            raise
+        except ValueError as exc:  # HeadFormatError, BaseMismatchError and argument errors are ValueErrors
+            raise CommandError(str(exc)) from exc
+    return wrapped
+
+
+def _head_source(path: Path) -> tuple[str, Path]:
+    """("run", run_dir) for a training run, ("dir", dir) for a head directory."""
+    if (path / "head" / "head_config.json").is_file():
+        return "run", path
+    if (path / "head_config.json").is_file():
+        return "dir", path
+    raise FileNotFoundError(f"{path} is neither a training run (no head/head_config.json) nor a head directory "
+                            "(no head_config.json)")
+
+
+@_hub_errors
+def cmd_push(args) -> None:
+    import tempfile
+
+    from vla_steer.hub.api import prepare_upload, push_directory, save_head_dir
+    from vla_steer.hub.format import HEAD_CONFIG_NAME, is_hub_repo_id
+    from vla_steer.lerobot_policy.head import ActingHead
+
+    kind, source = _head_source(Path(args.source))
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(args.output_dir or Path(tmp) / "head")
+        card_kwargs = {"repo_id": args.repo_id, **({"license": args.license} if args.license else {})}
+        export = dict(base_model_name_or_path=args.base_model, revision=args.base_revision, model_card=True,
+                      card_kwargs=card_kwargs, allow_base_mismatch=args.allow_base_mismatch)
+        if kind == "run":
+            from vla_steer.hub.api import export_run
+
+            directory = export_run(source, directory, base=args.base, datasets=args.dataset,
+                                   adapter_kwargs=json.loads(args.adapter_kwargs) if args.adapter_kwargs else None, **export)
+        elif json.loads((source / HEAD_CONFIG_NAME).read_text()).get("format_version") is None:
+            if args.base is None:
+                raise CommandError(f"{source} is a training run's head/ (format 0), which does not name its base: push "
+                                   "the run directory instead, or pass --base")
+            directory = save_head_dir(directory, ActingHead.from_dir(source), base=args.base, **export)
+        else:
+            if args.base or args.base_model or args.base_revision:
+                raise CommandError(f"{source} already names its base; --base / --base-model / --base-revision apply to "
+                                   "training runs")
+            directory = source
+        plan = prepare_upload(directory, repo_id=args.repo_id, commit_message=args.commit_message, card_kwargs=card_kwargs)
+        recorded_base = json.loads((Path(directory) / HEAD_CONFIG_NAME).read_text())["base_model_name_or_path"]
+        if not is_hub_repo_id(recorded_base):
+            print(f"note: the base is recorded as the local path {recorded_base}; others cannot load it from there. "
+                  "Publish the base and pass --base-model <repo id> (and --base-revision <commit>).")
+        print(f"{'would upload' if args.dry_run else 'uploading'} to {args.repo_id}"
+              f"{f' (branch {args.branch})' if args.branch else ''}: {plan.commit_message!r}")
+        for op in plan.operations:
+            size = op.upload_info.size
+            print(f"  {op.path_in_repo:60s} {size:>12,d} bytes")
+        if plan.skipped:
+            print(f"  not uploaded (not part of the format): {', '.join(plan.skipped)}")
+        if args.output_dir:
+            print(f"head directory: {directory}")
+        if args.dry_run:
+            return
+        info = push_directory(directory, args.repo_id, commit_message=args.commit_message, private=args.private,
+                              token=args.token, branch=args.branch, create_pr=args.create_pr or None,
+                              card_kwargs=card_kwargs)
+        print(f"pushed: {getattr(info, 'commit_url', info)}")
+
+
+@_hub_errors
+def cmd_pull(args) -> None:
+    from vla_steer.hub.api import describe, pull
+
+    checked = pull(args.repo_id, revision=args.revision, local_dir=args.local_dir, cache_dir=args.cache_dir)
+    print(checked.path)
+    print("\n".join(describe(checked.config)))
+
+
+@_hub_errors
+def cmd_info(args) -> int | None:
+    from vla_steer.hub.api import describe, load_base_for, resolve_repo, validate_directory
+
+    path = Path(args.source).expanduser()
+    if path.is_dir():
+        kind, path = _head_source(path)
+        directory = path / "head" if kind == "run" else path
+    else:
+        directory = resolve_repo(args.source, revision=args.revision, cache_dir=args.cache_dir)
+    checked = validate_directory(directory)
+    config, head = checked.config, checked.head
+    if args.json:
+        print(json.dumps(config, indent=2))
+    else:
+        print(f"{directory}")
+        print("\n".join(describe(config)))
+    if args.base is None:
+        return None
+    base = args.base or None  # --base alone: the base the head names
+    adapter = load_base_for(config, base, **({"revision": args.base_revision} if base and args.base_revision else {}),
+                            cache_dir=args.cache_dir)
+    problems = head.fit_problems(adapter) or head.base_differences(adapter)
+    where = base or f"{config.get('base_model_name_or_path')} @ {config.get('revision') or 'unpinned'}"
+    if problems:
+        print(f"does NOT fit the base {where}:\n  " + "\n  ".join(problems))
+        return 1
+    print(f"fits the base {where}" + ("" if "base_fingerprint" in config else
+                                      " (shapes only: this head records no fingerprint)"))
+
+
+def _add_hub_parsers(sub) -> None:
+    p = sub.add_parser("push", help="upload a trained head (a run directory or a head directory) to the Hugging Face Hub")
+    p.add_argument("source", help="a training run's output_dir, or a head directory (save_pretrained)")
+    p.add_argument("--repo-id", required=True, help="the Hub repository, e.g. me/push-v3-lpds (created if needed)")
+    p.add_argument("--base", default=None, help="where the base is now (path or repo id); default for runs on a built-in "
+                                                "base: the recipe's base.path or its cached behaviour-cloned base")
+    p.add_argument("--base-model", default=None, help="what to record as base_model_name_or_path (e.g. the Hub repo the "
+                                                      "base is published as); default: --base")
+    p.add_argument("--base-revision", default=None, help="the base's revision to record (a commit hash pins it)")
+    p.add_argument("--adapter-kwargs", default=None, help="JSON adapter options of a LeRobot base, as in training")
+    p.add_argument("--dataset", action="append", default=None, help="Hub dataset id the head was trained on (repeatable)")
+    p.add_argument("--license", default=None)
+    p.add_argument("--branch", default=None, help="push to this branch (created if needed)")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    p.add_argument("--private", action="store_true", default=None)
+    p.add_argument("--commit-message", default=None)
+    p.add_argument("--token", default=None, help="Hub token (default: the one `hf auth login` stored)")
+    p.add_argument("--output-dir", default=None, help="keep the exported head directory here")
+    p.add_argument("--dry-run", action="store_true", help="export and list the upload, send nothing")
+    p.add_argument("--allow-base-mismatch", action="store_true",
+                   help="export even if the base found differs from the one the head was trained on (warns loudly)")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("pull", help="download a head from the Hub (its format files only) and check it")
+    p.add_argument("repo_id")
+    p.add_argument("--revision", default=None, help="branch, tag or commit hash")
+    p.add_argument("--local-dir", default=None, help="copy the files here (default: the Hugging Face cache)")
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("info", help="what a head was trained on, its metrics, and whether it fits a base")
+    p.add_argument("source", help="a head directory, a training run, or a Hub repo id")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--base", nargs="?", const="", default=None, metavar="PATH_OR_ID",
+                   help="check the head against this base (alone: the base the head names); exit status 1 if it "
+                        "does not fit")
+    p.add_argument("--base-revision", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--json", action="store_true", help="print head_config.json")
+    p.set_defaults(func=cmd_info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla-steer", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -93,17 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best-of-k", type=int, default=None, metavar="K",
                    help="critic-guided selection: the critic picks the best of K head proposals per observation")
     p.set_defaults(func=cmd_eval)
+    _add_hub_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except (RecipeError, FileNotFoundError) as exc:
+        status = args.func(args)
+    except (RecipeError, FileNotFoundError, FileExistsError, CommandError) as exc:
         print(f"vla-steer: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -16,16 +16,20 @@ denoises from exactly that noise. Everything else is the base policy's own LeRob
 DSRL with ``bound * tanh(mean + std * eps)``. With a zero Delta and a large enough bound the steered policy
 is the base policy.
 
-Directory format (``save_pretrained`` / ``from_pretrained``): LeRobot's ``config.json`` (type ``"steered"``,
-naming the base), ``head.safetensors`` + ``head_config.json`` (as the trainer writes them) and the base's
-``policy_preprocessor*`` / ``policy_postprocessor*`` files. JSON and safetensors only. The base's weights are
-not copied: they are loaded from ``base_path`` (a local directory, absolute or relative to the steered
-directory, or a Hub repo id at ``base_revision``).
+Directory format (``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``; spec in ``hub/FORMAT.md``): LeRobot's
+``config.json`` (type ``"steered"``, naming the base), ``head.safetensors`` + ``head_config.json`` (format 1: the
+base's name, revision, type, fingerprint, feature options, training record) and the base's
+``policy_preprocessor*`` / ``policy_postprocessor*`` files, plus ``README.md`` when pushed or saved with
+``model_card=True``. JSON and safetensors only, every file checked before use (``vla_steer.hub.validate_directory``).
+The base's weights are not copied: they are loaded from ``base_path`` (a local directory, absolute or relative to
+the steered directory, or a Hub repo id at ``base_revision``), and the head refuses a base whose fingerprint or
+shapes differ from what it was trained on.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,8 @@ from torch import Tensor
 
 from vla_steer.adapters.lerobot import adapter_for_lerobot_policy
 from vla_steer.lerobot_policy.configuration_steered import SteeredConfig
-from vla_steer.lerobot_policy.head import HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, ActingHead, HeadFormatError
+from vla_steer.hub.format import LOAD_PATTERNS, check_processor_config
+from vla_steer.lerobot_policy.head import ActingHead, HeadFormatError
 
 # Adapters whose encode accepts an observation history [B, n_obs_steps, ...]
 HISTORY_FAMILIES = ("diffusion",)
@@ -55,12 +60,23 @@ def resolve_base_path(config: SteeredConfig, steered_dir: str | Path | None = No
     return str(path) if path.is_dir() else config.base_path  # otherwise a Hub repo id
 
 
+def base_directory(config: SteeredConfig, steered_dir: str | Path | None = None, **hub_kwargs) -> Path:
+    """The base's files on disk: its local directory, or a snapshot of its config, weights and processor files
+    (nothing else) from the Hub or its cache at ``base_revision``. Its ``config.json`` is checked as JSON first."""
+    from vla_steer.hub.api import BASE_PATTERNS, check_base_config_file, resolve_repo
+
+    directory = resolve_repo(resolve_base_path(config, steered_dir), revision=config.base_revision,
+                             patterns=BASE_PATTERNS, **hub_kwargs)
+    check_base_config_file(directory, "lerobot")
+    return directory
+
+
 def load_base_config(config: SteeredConfig, steered_dir: str | Path | None = None, **hub_kwargs) -> tuple[str, PreTrainedConfig]:
-    source = resolve_base_path(config, steered_dir)
-    base_config = PreTrainedConfig.from_pretrained(source, revision=config.base_revision, **hub_kwargs)
+    source = base_directory(config, steered_dir, **hub_kwargs)
+    base_config = PreTrainedConfig.from_pretrained(source)
     if base_config.type != config.base_type:
         raise ValueError(f"steered config says base_type={config.base_type!r} but {source} holds a {base_config.type!r} policy")
-    return source, base_config
+    return str(source), base_config
 
 
 def load_base_policy(config: SteeredConfig, steered_dir: str | Path | None = None, **hub_kwargs) -> tuple[str, PreTrainedPolicy]:
@@ -69,7 +85,7 @@ def load_base_policy(config: SteeredConfig, steered_dir: str | Path | None = Non
 
     source, base_config = load_base_config(config, steered_dir, **hub_kwargs)
     base_config.device = config.device
-    policy = get_policy_class(config.base_type).from_pretrained(source, config=base_config, revision=config.base_revision, **hub_kwargs)
+    policy = get_policy_class(config.base_type).from_pretrained(source, config=base_config)
     return source, policy
 
 
@@ -84,7 +100,7 @@ class SteeredPolicy(PreTrainedPolicy):
     name = "steered"
 
     def __init__(self, config: SteeredConfig, base_policy: PreTrainedPolicy | None = None,
-                 head: ActingHead | None = None, **kwargs: Any):
+                 head: ActingHead | None = None, *, allow_base_mismatch: bool = False, **kwargs: Any):
         super().__init__(config)
         if base_policy is None or head is None:
             raise ValueError("a steered policy wraps a trained head: load one with SteeredPolicy.from_pretrained(dir) "
@@ -94,38 +110,38 @@ class SteeredPolicy(PreTrainedPolicy):
         self.base = base_policy
         self.adapter = adapter_for_lerobot_policy(base_policy, **config.adapter_kwargs)  # freezes the base
         self.head = head
-        self._check_compatible()
+        self._check_compatible(allow_base_mismatch)
         self._base_source: str | None = None  # where the base was loaded from (for its processor files)
         self._processors: tuple[Any, Any] | None = None
         self.reset()
 
-    def _check_compatible(self) -> None:
-        adapter, head, raw = self.adapter, self.head, self.head.raw_config
-        problems = []
-        if raw.get("adapter") not in (None, adapter.family):
-            problems.append(f"head was trained on a {raw['adapter']!r} adapter, the base needs {adapter.family!r}")
-        if tuple(head.layout.noise_shape) != tuple(adapter.noise_shape):
-            problems.append(f"head noise_shape {list(head.layout.noise_shape)} != base noise_shape {list(adapter.noise_shape)}")
-        if head.feature_dim != adapter.feature_dim:
-            problems.append(f"head feature_dim {head.feature_dim} != adapter feature_dim {adapter.feature_dim} "
-                            f"(adapter_kwargs={self.config.adapter_kwargs}: check pooling / feature options)")
+    def _check_compatible(self, allow_base_mismatch: bool = False) -> None:
+        """Shapes must fit; the base must be the one the head was trained on (fingerprint, feature options) unless
+        ``allow_base_mismatch`` (a loud warning then)."""
+        problems = self.head.fit_problems(self.adapter)
+        if self.head.feature_dim != self.adapter.feature_dim:
+            problems[-1] += f" (adapter_kwargs={self.config.adapter_kwargs}: check pooling / feature options)"
         n_obs_steps = getattr(self.base.config, "n_obs_steps", 1)
-        if n_obs_steps > 1 and adapter.family not in HISTORY_FAMILIES:
-            problems.append(f"n_obs_steps={n_obs_steps} is not supported for {adapter.family!r} bases")
+        if n_obs_steps > 1 and self.adapter.family not in HISTORY_FAMILIES:
+            problems.append(f"n_obs_steps={n_obs_steps} is not supported for {self.adapter.family!r} bases")
         if problems:
             raise HeadFormatError("head does not fit this base policy: " + "; ".join(problems))
+        self.head.check_base(self.adapter, self.config.adapter_kwargs, allow_base_mismatch)
 
     # ------------------------------------------------------------------------------------------------
     # construction and files
     @classmethod
     def from_base(cls, base_policy: PreTrainedPolicy, head: ActingHead | str | Path, *, base_path: str | Path,
                   base_revision: str | None = None, adapter_kwargs: dict[str, Any] | None = None,
-                  deterministic: bool = False, preprocessor=None, postprocessor=None) -> "SteeredPolicy":
-        """Wrap ``base_policy`` (saved at / published as ``base_path``) with a head (an :class:`ActingHead` or a
-        directory with ``head_config.json`` + ``head.safetensors``). ``preprocessor`` / ``postprocessor``: the
-        base's processors to save alongside; by default they are read from ``base_path`` when saving."""
+                  deterministic: bool = False, preprocessor=None, postprocessor=None,
+                  allow_base_mismatch: bool = False) -> "SteeredPolicy":
+        """Wrap ``base_policy`` (saved at / published as ``base_path``) with a head (an :class:`ActingHead`, a
+        directory with ``head_config.json`` + ``head.safetensors``, or a Hub repo id of a shared head).
+        ``preprocessor`` / ``postprocessor``: the base's processors to save alongside; by default they are read
+        from ``base_path`` when saving. A head that records its base's fingerprint refuses another base unless
+        ``allow_base_mismatch``."""
         if not isinstance(head, ActingHead):
-            head = ActingHead.from_dir(head)
+            head = ActingHead.from_dir(head) if Path(str(head)).expanduser().is_dir() else ActingHead.from_pretrained(head)
         base_config = base_policy.config
         config = SteeredConfig(
             base_path=str(base_path), base_revision=base_revision, base_type=base_config.type,
@@ -133,7 +149,8 @@ class SteeredPolicy(PreTrainedPolicy):
             n_obs_steps=base_config.n_obs_steps, input_features=dict(base_config.input_features),
             output_features=dict(base_config.output_features),
         )
-        policy = cls(config, base_policy=base_policy, head=head.to(next(base_policy.parameters()).device))
+        policy = cls(config, base_policy=base_policy, head=head.to(next(base_policy.parameters()).device),
+                     allow_base_mismatch=allow_base_mismatch)
         policy._base_source = resolve_base_path(config)
         if (preprocessor is None) != (postprocessor is None):
             raise ValueError("give both preprocessor and postprocessor, or neither")
@@ -146,30 +163,38 @@ class SteeredPolicy(PreTrainedPolicy):
                         force_download: bool = False, resume_download: bool | None = None, proxies: dict | None = None,
                         token: str | bool | None = None, cache_dir: str | Path | None = None,
                         local_files_only: bool = False, revision: str | None = None, strict: bool = True,
+                        base_policy: PreTrainedPolicy | None = None, allow_base_mismatch: bool = False,
                         **kwargs: Any) -> "SteeredPolicy":
-        """Load a steered directory (local or Hub): its head, and the base it names."""
+        """Load a steered directory (local, or a Hub repo id at ``revision``): its head, and the base it names
+        (at the revision its config names) unless ``base_policy`` is given.
+
+        From the Hub only the format's files are downloaded (``huggingface_hub.snapshot_download`` with
+        ``allow_patterns``; ``HF_HUB_OFFLINE=1`` reads the cache). Every file is checked before LeRobot or torch
+        parses it (``vla_steer.hub.validate_directory``). The head refuses a base whose shapes differ, and one
+        whose fingerprint differs unless ``allow_base_mismatch`` (or ``VLA_STEER_ALLOW_BASE_MISMATCH=1``, for
+        ``lerobot-eval``), which logs a loud warning instead.
+        """
+        from vla_steer.hub.api import resolve_repo, validate_directory
+
         hub = dict(force_download=force_download, proxies=proxies, token=token, cache_dir=cache_dir,
                    local_files_only=local_files_only)
-        if config is None:
-            config = PreTrainedConfig.from_pretrained(pretrained_name_or_path, revision=revision, **hub)
-        if not isinstance(config, SteeredConfig):
-            raise ValueError(f"{pretrained_name_or_path} holds a {config.type!r} policy, not a steered one")
         model_id = str(pretrained_name_or_path)
         local = os.path.isdir(model_id)
-        if local:
-            files = {name: os.path.join(model_id, name) for name in (HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME)}
-            missing = [name for name, path in files.items() if not os.path.isfile(path)]
-            if missing:
-                raise FileNotFoundError(f"{model_id} is not a steered policy directory: missing {missing}")
+        directory = resolve_repo(model_id, revision=revision, patterns=LOAD_PATTERNS, **hub)
+        checked = validate_directory(directory)
+        if checked.policy_config is None:
+            raise FileNotFoundError(f"{model_id} holds a steering head without a LeRobot config.json (a head on a "
+                                    "non-LeRobot base): load it with vla_steer.hub.load_steered")
+        if config is None:
+            config = PreTrainedConfig.from_pretrained(directory)
+        if not isinstance(config, SteeredConfig):
+            raise ValueError(f"{pretrained_name_or_path} holds a {config.type!r} policy, not a steered one")
+        if base_policy is None:
+            # A relative base_path is resolved against a local steered directory only (Hub bases are repo ids).
+            base_source, base_policy = load_base_policy(config, model_id if local else None, **hub)
         else:
-            from huggingface_hub import hf_hub_download
-
-            files = {name: hf_hub_download(model_id, name, revision=revision, **hub)
-                     for name in (HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME)}
-        head = ActingHead.from_dir(Path(files[HEAD_CONFIG_NAME]).parent)
-        # A relative base_path is resolved against a local steered directory only (Hub bases are repo ids).
-        base_source, base = load_base_policy(config, model_id if local else None, **hub)
-        policy = cls(config, base_policy=base, head=head)
+            base_source = None
+        policy = cls(config, base_policy=base_policy, head=checked.head, allow_base_mismatch=allow_base_mismatch)
         policy._base_source = base_source
         policy.to(config.device)
         policy.eval()
@@ -184,29 +209,77 @@ class SteeredPolicy(PreTrainedPolicy):
                                                   transition_to_batch, transition_to_policy_action)
         from lerobot.utils.constants import POLICY_POSTPROCESSOR_DEFAULT_NAME, POLICY_PREPROCESSOR_DEFAULT_NAME
 
-        source = self._base_source or resolve_base_path(self.config)
+        from vla_steer.hub.api import BASE_PATTERNS, resolve_repo
+
         try:
+            source = resolve_repo(self._base_source or resolve_base_path(self.config), revision=self.config.base_revision,
+                                  patterns=BASE_PATTERNS)
+            for name in (f"{POLICY_PREPROCESSOR_DEFAULT_NAME}.json", f"{POLICY_POSTPROCESSOR_DEFAULT_NAME}.json"):
+                check_processor_config(Path(source) / name)  # no step may name a class to import
             pre = PolicyProcessorPipeline.from_pretrained(
-                source, f"{POLICY_PREPROCESSOR_DEFAULT_NAME}.json", revision=self.config.base_revision,
+                str(source), f"{POLICY_PREPROCESSOR_DEFAULT_NAME}.json",
                 to_transition=batch_to_transition, to_output=transition_to_batch)
             post = PolicyProcessorPipeline.from_pretrained(
-                source, f"{POLICY_POSTPROCESSOR_DEFAULT_NAME}.json", revision=self.config.base_revision,
+                str(source), f"{POLICY_POSTPROCESSOR_DEFAULT_NAME}.json",
                 to_transition=policy_action_to_transition, to_output=transition_to_policy_action)
+        except HeadFormatError:
+            raise
         except Exception as exc:  # LeRobot raises several types for a missing file (local or Hub)
             raise FileNotFoundError(
-                f"the base at {source} has no loadable policy_preprocessor.json / policy_postprocessor.json ({exc}); "
-                "save the base with its processors, or pass preprocessor= / postprocessor= to SteeredPolicy.from_base"
+                f"the base at {self._base_source or self.config.base_path} has no loadable policy_preprocessor.json / "
+                f"policy_postprocessor.json ({exc}); save the base with its processors, or pass preprocessor= / "
+                "postprocessor= to SteeredPolicy.from_base"
             ) from exc
         self._processors = (pre, post)
         return self._processors
 
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """``config.json`` + the head's two files + the base's processor files (no base weights)."""
+    def hub_head_config(self) -> dict:
+        """The format-1 ``head_config.json`` of this head on this base (fingerprint, feature options, training)."""
+        from vla_steer.hub.api import base_record, shared_head_config
+
+        return shared_head_config(self.head, base_record(
+            self.adapter, base_model_name_or_path=self.config.base_path, revision=self.config.base_revision,
+            adapter_kwargs=self.config.adapter_kwargs))
+
+    def save_pretrained(self, save_directory: str | Path, *, repo_id: str | None = None, push_to_hub: bool = False,
+                        card_kwargs: dict[str, Any] | None = None, model_card: bool = False, **push_to_hub_kwargs) -> Any:
+        """Write the steered directory under a temporary name and rename it into place (a directory that holds
+        other files is not replaced). ``model_card=True`` adds ``README.md`` (``push_to_hub`` always does)."""
+        from vla_steer.hub.api import replace_directory
+
+        replace_directory(save_directory, lambda tmp: self._save_pretrained(tmp, model_card=model_card,
+                                                                            card_kwargs=card_kwargs))
+        if push_to_hub:
+            return self.push_to_hub(repo_id or Path(save_directory).name, card_kwargs=card_kwargs, **push_to_hub_kwargs)
+        return None
+
+    def _save_pretrained(self, save_directory: Path, model_card: bool = False, card_kwargs: dict | None = None) -> None:
+        """``config.json`` + the head's files (format 1) + the base's processor files (no base weights)."""
+        from vla_steer.hub.api import write_head_files, write_model_card
+
         preprocessor, postprocessor = self.base_processors()
+        head_config = self.hub_head_config()
         self.config._save_pretrained(save_directory)
-        self.head.save(save_directory)
+        write_head_files(save_directory, self.head, head_config)
         preprocessor.save_pretrained(save_directory)
         postprocessor.save_pretrained(save_directory)
+        if model_card:
+            write_model_card(save_directory, self.head, head_config, card_kwargs)
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
+                    token: str | None = None, branch: str | None = None, create_pr: bool | None = None,
+                    card_kwargs: dict[str, Any] | None = None) -> Any:
+        """Save to a temporary directory (model card included) and upload exactly its files in one commit
+        (``vla_steer.hub.push_directory``; the Hub endpoint is huggingface_hub's, ``HF_ENDPOINT`` for a mirror).
+        Returns huggingface_hub's ``CommitInfo``."""
+        from vla_steer.hub.api import push_directory
+
+        card_kwargs = {"repo_id": repo_id, **(card_kwargs or {})}
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp) / "steered"
+            self.save_pretrained(directory, model_card=True, card_kwargs=card_kwargs)
+            return push_directory(directory, repo_id, commit_message=commit_message, private=private, token=token,
+                                  branch=branch, create_pr=create_pr, card_kwargs=card_kwargs)
 
     # ------------------------------------------------------------------------------------------------
     # acting
