@@ -1,0 +1,155 @@
+"""push_to_hub through huggingface_hub's real upload code (HfApi.create_repo / create_commit) against a local stub.
+
+The Hugging Face Hub cannot be reached here, so a small HTTP server stands in for the five endpoints one commit of
+small files touches: repo creation, README metadata validation, pre-upload (it answers "regular" for every file,
+so contents travel inline in the commit; the LFS / Xet transfer of large files is NOT exercised), the repo-info
+lookup for Xet, and the commit itself. The stub only records what it receives; what is checked is what
+huggingface_hub sent on our behalf: one commit, exactly the format's files with the bytes save_pretrained writes,
+the card, the message.
+"""
+
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlparse
+
+import pytest
+from huggingface_hub import ModelCard, constants
+from huggingface_hub.utils import reset_sessions
+
+from test_hub import FORMAT_FILES, save_diffusion_base, steered_on
+from vla_steer.cli import main as cli
+
+COMMIT_SHA = "c" * 40
+
+
+class StubHub(BaseHTTPRequestHandler):
+    """Records repo creations, validated READMEs and commits (decoded from huggingface_hub's NDJSON payload)."""
+
+    log: dict
+
+    def _reply(self, payload) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802  repo_info(expand="xetEnabled") before LFS uploads
+        path = unquote(urlparse(self.path).path)
+        repo = path.removeprefix("/api/models/").split("/revision/")[0]
+        self._reply({"id": repo, "sha": COMMIT_SHA, "xetEnabled": False, "siblings": []})
+
+    def do_POST(self):  # noqa: N802
+        path = unquote(urlparse(self.path).path)
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        url = f"http://{self.server.server_address[0]}:{self.server.server_address[1]}"
+        if path == "/api/repos/create":
+            request = json.loads(body)
+            repo = f"{request['organization']}/{request['name']}"
+            self.log["created"].append({"repo": repo, "private": request.get("private")})
+            return self._reply({"url": f"{url}/{repo}"})
+        if path == "/api/validate-yaml":
+            self.log["validated"].append(json.loads(body)["content"])
+            return self._reply({"errors": [], "warnings": []})
+        repo, action, revision = path.removeprefix("/api/models/").rsplit("/", 2)
+        if action == "preupload":
+            files = json.loads(body)["files"]
+            return self._reply({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                          for f in files]})
+        if action == "commit":
+            commit = {"repo": repo, "revision": revision, "files": {}}
+            for line in body.splitlines():
+                item = json.loads(line)
+                if item["key"] == "header":
+                    commit.update(summary=item["value"]["summary"], description=item["value"].get("description"))
+                elif item["key"] == "file":
+                    assert item["value"]["encoding"] == "base64"
+                    commit["files"][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                else:
+                    commit.setdefault("other", []).append(item)
+            self.log["commits"].append(commit)
+            return self._reply({"commitUrl": f"{url}/{repo}/commit/{COMMIT_SHA}", "commitOid": COMMIT_SHA,
+                                "pullRequestUrl": None})
+        self.send_error(404)
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A stub Hub on localhost; huggingface_hub's offline mode (set for every test) is lifted for it."""
+    log = {"created": [], "validated": [], "commits": []}
+    handler = type("Handler", (StubHub,), {"log": log})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", url)  # what HF_ENDPOINT=<url> sets when huggingface_hub is imported
+    reset_sessions()  # sessions are cached with the offline adapter mounted
+    monkeypatch.setenv("HF_TOKEN", "hf_stub_token")  # so no token stored on this machine is read and sent
+    yield {"url": url, "log": log}
+    server.shutdown()
+    monkeypatch.undo()
+    reset_sessions()
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return save_diffusion_base(tmp_path_factory.mktemp("push") / "base")
+
+
+def test_steered_policy_push_to_hub_sends_one_commit_of_the_format_files(hub, base_dir, tmp_path):
+    policy = steered_on(base_dir)
+    info = policy.push_to_hub("me/steered-diffusion", private=True)
+    assert info.oid == COMMIT_SHA
+    assert hub["log"]["created"] == [{"repo": "me/steered-diffusion", "private": True}]
+    [commit] = hub["log"]["commits"]
+    assert commit["repo"] == "me/steered-diffusion" and commit["revision"] == "main" and "other" not in commit
+    assert commit["summary"] == f"Upload lpds steering head for {base_dir}"
+    assert "sha256-sampled-v1" in commit["description"]
+    assert set(commit["files"]) == FORMAT_FILES | {"README.md"}
+    local = tmp_path / "local"  # what save_pretrained writes for the same repo id
+    policy.save_pretrained(local, model_card=True, card_kwargs={"repo_id": "me/steered-diffusion"})
+    for name, content in commit["files"].items():
+        assert content == (local / name).read_bytes(), name
+    assert hub["log"]["validated"] == [commit["files"]["README.md"].decode()]  # the card's YAML checked first
+    card = ModelCard(commit["files"]["README.md"].decode())
+    assert card.data.library_name == "vla_steer" and "lerobot" in card.data.tags
+
+
+def test_cli_push_uploads_a_head_directory(hub, base_dir, tmp_path, capsys):
+    steered_on(base_dir).save_pretrained(tmp_path / "head")
+    assert cli(["push", str(tmp_path / "head"), "--repo-id", "me/cli-head",
+                "--commit-message", "first head"]) == 0
+    assert f"/me/cli-head/commit/{COMMIT_SHA}" in capsys.readouterr().out
+    [commit] = hub["log"]["commits"]
+    assert commit["summary"] == "first head" and set(commit["files"]) == FORMAT_FILES | {"README.md"}
+    assert "lerobot-eval --policy.path=me/cli-head" in commit["files"]["README.md"].decode()
+
+
+def test_acting_head_push_to_hub_on_a_built_in_base(hub):
+    """A head on vla_steer's own base (built in memory): the base named as a Hub id goes into the card's
+    base_model; the upload holds the head's two files and the card (no LeRobot files)."""
+    import torch
+
+    from test_hub import make_head
+    from vla_steer.adapters import NativePolicyAdapter
+    from vla_steer.policies import ChunkPolicyConfig
+    from vla_steer.policies.diffusion import DiffusionChunkPolicy
+
+    torch.manual_seed(0)
+    adapter = NativePolicyAdapter(DiffusionChunkPolicy(ChunkPolicyConfig(type="diffusion", obs_dim=3, action_dim=2,
+                                                                         hidden_dim=16, num_layers=1)))
+    head = make_head(adapter.noise_shape, adapter.feature_dim, seed=0)
+    head.push_to_hub("me/native-head", base=adapter, base_model_name_or_path="me/native-base", revision="d" * 40)
+    [commit] = hub["log"]["commits"]
+    assert set(commit["files"]) == {"README.md", "head.safetensors", "head_config.json"}
+    config = json.loads(commit["files"]["head_config.json"])
+    assert config["base_model_name_or_path"] == "me/native-base" and config["revision"] == "d" * 40
+    card = ModelCard(commit["files"]["README.md"].decode())
+    assert card.data.base_model == "me/native-base" and "lerobot" not in card.data.tags
