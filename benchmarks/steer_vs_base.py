@@ -28,7 +28,8 @@ def main() -> None:
         recipe = load_recipe(args.recipe, args.overrides + [f"train.seed={seed}", "train.resume=false",
                                                             f"train.output_dir=runs/bench/{Path(args.recipe).stem}/seed{seed}"])
         results = SteeringTrainer(recipe).run()
-        stem = f"{recipe.env.id.replace('/', '_')}_{recipe.algorithm.name}_seed{seed}"
+        base_tag = "" if recipe.base.type == "diffusion" else f"_{recipe.base.type}"  # built-in DDIM: historic names
+        stem = f"{recipe.env.id.replace('/', '_')}{base_tag}_{recipe.algorithm.name}_seed{seed}"
         results.pop("plot", None)
         (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2))
         shutil.copy(Path(recipe.train.output_dir) / "learning_curve.png", RESULTS / f"{stem}.png")

@@ -303,12 +303,41 @@ def test_bad_head_directories_fail_clearly(base_dir, root, tmp_path):
 
 
 # -------------------------------------------------------------------------------------------------------------
-# lerobot-eval on a steered DiffusionPolicy (PushT, state observations)
+# lerobot-eval on steered policies over PushT: DiffusionPolicy on state observations, SmolVLA on pixels
+
+
+def save_constant_delta_steered(base_dir: Path, root: Path, name: str, bias: float, **adapter_kwargs) -> Path:
+    """A steered directory on the LeRobot checkpoint at ``base_dir``: an LP-DS head with ``Delta(s) = bias``."""
+    from lerobot.policies.factory import get_policy_class
+
+    from vla_steer.adapters import adapter_for_lerobot_policy
+
+    policy_type = json.loads((base_dir / "config.json").read_text())["type"]
+    adapter = adapter_for_lerobot_policy(get_policy_class(policy_type).from_pretrained(base_dir), **adapter_kwargs)
+    layout = LatentLayout("full", adapter.noise_shape)
+    delta = ResidualPerturbation(adapter.feature_dim, layout.latent_dim, 16, 1)
+    torch.nn.init.constant_(delta.net[-1].bias, bias)
+    head_dir = root / f"{name}_head"
+    head_dir.mkdir()
+    save_file({f"delta.{k}": v.contiguous() for k, v in delta.state_dict().items()}, head_dir / "head.safetensors")
+    (head_dir / "head_config.json").write_text(json.dumps({
+        "algorithm": "lpds", "head": asdict(HeadConfig(bound=3.0, hidden_dim=16, num_layers=1)),
+        "noise_shape": list(adapter.noise_shape), "latent_shape": list(layout.latent_shape),
+        "feature_dim": adapter.feature_dim, "adapter": adapter.family}))
+    policy = SteeredPolicy.from_base(adapter.policy, head_dir, base_path=base_dir, adapter_kwargs=adapter_kwargs)
+    policy.save_pretrained(root / f"steered_{name}")
+    return root / f"steered_{name}"
+
+
+def save_with_processors(policy, preprocessor, postprocessor, directory: Path) -> Path:
+    for part in (policy, preprocessor, postprocessor):
+        part.save_pretrained(directory)
+    return directory
 
 
 def steered_pusht_diffusion(root: Path) -> Path:
-    """A tiny random DiffusionPolicy for PushT's ``environment_state_agent_pos`` observations, saved with its
-    processors, and a steered directory on it (LP-DS head with a constant Delta). Returns the steered directory."""
+    """A tiny random DiffusionPolicy for PushT's ``environment_state_agent_pos`` observations (observation history
+    of 2), saved with its processors, steered with a constant Delta. Returns the steered directory."""
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
     from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
@@ -322,32 +351,35 @@ def steered_pusht_diffusion(root: Path) -> Path:
         diffusion_step_embed_dim=16, device="cpu",
     )
     torch.manual_seed(0)
-    base = DiffusionPolicy(config)
     span = lambda n: {"min": torch.zeros(n), "max": torch.full((n,), 512.0)}  # noqa: E731  PushT pixel coordinates
     stats = {"observation.state": span(2), "observation.environment_state": span(16), "action": span(2)}
-    preprocessor, postprocessor = make_diffusion_pre_post_processors(config, dataset_stats=stats)
-    base_dir = root / "diffusion_base"
-    base.save_pretrained(base_dir)
-    preprocessor.save_pretrained(base_dir)
-    postprocessor.save_pretrained(base_dir)
+    base_dir = save_with_processors(DiffusionPolicy(config), *make_diffusion_pre_post_processors(config, dataset_stats=stats),
+                                    root / "diffusion_base")
+    return save_constant_delta_steered(base_dir, root, "diffusion", 0.2, num_inference_steps=4)
 
-    adapter_kwargs = {"num_inference_steps": 4}
-    from vla_steer.adapters import adapter_for_lerobot_policy
 
-    adapter = adapter_for_lerobot_policy(DiffusionPolicy.from_pretrained(base_dir), **adapter_kwargs)
-    head = HeadConfig(bound=3.0, hidden_dim=16, num_layers=1)
-    layout = LatentLayout("full", adapter.noise_shape)
-    delta = ResidualPerturbation(adapter.feature_dim, layout.latent_dim, 16, 1)
-    torch.nn.init.constant_(delta.net[-1].bias, 0.2)
-    head_dir = root / "diffusion_head"
-    head_dir.mkdir()
-    save_file({f"delta.{k}": v.contiguous() for k, v in delta.state_dict().items()}, head_dir / "head.safetensors")
-    (head_dir / "head_config.json").write_text(json.dumps({
-        "algorithm": "lpds", "head": asdict(head), "noise_shape": list(adapter.noise_shape),
-        "latent_shape": list(layout.latent_shape), "feature_dim": adapter.feature_dim, "adapter": "diffusion"}))
-    policy = SteeredPolicy.from_base(adapter.policy, head_dir, base_path=base_dir, adapter_kwargs=adapter_kwargs)
-    policy.save_pretrained(root / "steered_diffusion")
-    return root / "steered_diffusion"
+def steered_pusht_smolvla(root: Path) -> Path:
+    """LeRobot's real SmolVLA on the toy SmolVLM (random weights) for PushT's ``pixels_agent_pos`` observations: a
+    96 px image, the agent position and the empty task text lerobot-eval adds for envs without instructions."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+
+    config = SmolVLAConfig(
+        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (2,)),
+                        "observation.image": PolicyFeature(FeatureType.VISUAL, (3, 96, 96))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
+        vlm_model_name=str(write_tiny_smolvlm(root / "pusht_vlm")), load_vlm_weights=False, num_vlm_layers=2,
+        num_expert_layers=-1, self_attn_every_n_layers=2, resize_imgs_with_padding=(32, 32), chunk_size=8,
+        n_action_steps=8, max_state_dim=8, max_action_dim=8, num_steps=3, tokenizer_max_length=8,
+        pad_language_to="max_length",  # no instruction in PushT: keep a (padded) language segment anyway
+        device="cpu",
+    )
+    torch.manual_seed(0)
+    span = {"mean": torch.full((2,), 256.0), "std": torch.full((2,), 100.0)}  # PushT pixel coordinates
+    stats = {"observation.state": span, "action": span}
+    base_dir = save_with_processors(SmolVLAPolicy(config), *make_smolvla_pre_post_processors(config, dataset_stats=stats),
+                                    root / "smolvla_base")
+    return save_constant_delta_steered(base_dir, root, "smolvla", 0.3)
 
 
 def test_steered_diffusion_history_matches_lerobot(tmp_path):
@@ -367,19 +399,23 @@ def test_steered_diffusion_history_matches_lerobot(tmp_path):
                                    reference.select_action(dict(batch), noise=(w + 0.2).clamp(-3, 3)), rtol=0, atol=1e-5)
 
 
-def test_lerobot_eval_runs_a_steered_policy(tmp_path):
+@pytest.mark.parametrize("steered_dir_builder, obs_type", [(steered_pusht_diffusion, "environment_state_agent_pos"),
+                                                          (steered_pusht_smolvla, "pixels_agent_pos")],
+                         ids=["diffusion-state", "smolvla-pixels"])
+def test_lerobot_eval_runs_a_steered_policy(tmp_path, steered_dir_builder, obs_type):
     """``lerobot-eval --policy.path=<steered dir>`` as LeRobot documents it (needs gym-pusht and the plugin)."""
     # gym-pusht is installed by the README / CI test command (with --no-deps: its opencv-python and pygame pins
     # clash with LeRobot's opencv-python-headless and pygame-ce, which already provide cv2 and pygame)
     import gym_pusht  # noqa: F401
-    steered_dir = steered_pusht_diffusion(tmp_path)
+    steered_dir = steered_dir_builder(tmp_path)
     command = [str(Path(sys.executable).parent / "lerobot-eval"), f"--policy.path={steered_dir}", "--env.type=pusht",
-               "--env.obs_type=environment_state_agent_pos", "--eval.n_episodes=2", "--eval.batch_size=1",
+               f"--env.obs_type={obs_type}", "--eval.n_episodes=2", "--eval.batch_size=2",
                "--policy.device=cpu", f"--output_dir={tmp_path / 'eval'}"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())
-    assert info["overall"]["n_episodes"] == 2
-    assert len(info["per_task"][0]["metrics"]["sum_rewards"]) == 2
+    assert info["overall"]["n_episodes"] == 2 and "pc_success" in info["overall"]
+    metrics = info["per_task"][0]["metrics"]
+    assert len(metrics["sum_rewards"]) == 2 and len(metrics["successes"]) == 2
     assert "base_path" in result.stdout + result.stderr  # the config lerobot-eval logs is the steered one
