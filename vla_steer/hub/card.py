@@ -15,7 +15,7 @@ from vla_steer.hub.format import (FORMAT_VERSION, HEAD_CONFIG_NAME, HEAD_WEIGHTS
 
 TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
 LIBRARY_NAME = "vla_steer"
-ALGORITHM_TITLES = {"lpds": "LP-DS, latent-perturbation diffusion steering (Simsir & Oguz, ICML 2026)",
+ALGORITHM_TITLES = {"lpds": "LP-DS, Lagrangian perturbation diffusion steering (Simsir & Oguz, ICML 2026)",
                     "dsrl_sac": "DSRL-SAC, SAC in the noise space (Wagenmaker et al., 2025)",
                     "dsrl_na": "DSRL-NA, noise-aliased DSRL (Wagenmaker et al., 2025)"}
 METRIC_ORDER = ("success_rate", "return_mean", "return_std", "action_entropy", "episode_length", "episodes")
