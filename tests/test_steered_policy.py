@@ -8,6 +8,7 @@ a fresh interpreter, which needs the plugin distribution installed:
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -358,7 +359,7 @@ def steered_pusht_diffusion(root: Path) -> Path:
     return save_constant_delta_steered(base_dir, root, "diffusion", 0.2, num_inference_steps=4)
 
 
-def steered_pusht_smolvla(root: Path) -> Path:
+def steered_pusht_smolvla(root: Path, image_key: str = "observation.image") -> Path:
     """LeRobot's real SmolVLA on the toy SmolVLM (random weights) for PushT's ``pixels_agent_pos`` observations: a
     96 px image, the agent position and the empty task text lerobot-eval adds for envs without instructions."""
     from lerobot.configs.types import FeatureType, PolicyFeature
@@ -366,7 +367,7 @@ def steered_pusht_smolvla(root: Path) -> Path:
 
     config = SmolVLAConfig(
         input_features={"observation.state": PolicyFeature(FeatureType.STATE, (2,)),
-                        "observation.image": PolicyFeature(FeatureType.VISUAL, (3, 96, 96))},
+                        image_key: PolicyFeature(FeatureType.VISUAL, (3, 96, 96))},
         output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
         vlm_model_name=str(write_tiny_smolvlm(root / "pusht_vlm")), load_vlm_weights=False, num_vlm_layers=2,
         num_expert_layers=-1, self_attn_every_n_layers=2, resize_imgs_with_padding=(32, 32), chunk_size=8,
@@ -419,3 +420,59 @@ def test_lerobot_eval_runs_a_steered_policy(tmp_path, steered_dir_builder, obs_t
     metrics = info["per_task"][0]["metrics"]
     assert len(metrics["sum_rewards"]) == 2 and len(metrics["successes"]) == 2
     assert "base_path" in result.stdout + result.stderr  # the config lerobot-eval logs is the steered one
+
+
+def test_lerobot_async_policy_server_serves_a_steered_smolvla(tmp_path):
+    """LeRobot's own gRPC policy server (``vla-steer serve`` enables the type) loads a steered directory by path and
+    answers an observation with the chunk the steered policy computes, through the base's processors."""
+    from concurrent import futures
+
+    import grpc
+    import numpy as np
+    from lerobot.async_inference.configs import PolicyServerConfig
+    from lerobot.async_inference.helpers import RemotePolicyConfig, TimedObservation
+    from lerobot.async_inference.policy_server import PolicyServer
+    from lerobot.transport import services_pb2, services_pb2_grpc
+    from lerobot.transport.utils import send_bytes_in_chunks
+
+    from vla_steer.lerobot_policy.serve import enable_steered_policies
+
+    steered_dir = steered_pusht_smolvla(tmp_path, image_key="observation.images.front")
+    enable_steered_policies()
+    policy_server = PolicyServer(PolicyServerConfig(host="127.0.0.1", port=50051, inference_latency=0.0))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    services_pb2_grpc.add_AsyncInferenceServicer_to_server(policy_server, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        stub = services_pb2_grpc.AsyncInferenceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        stub.Ready(services_pb2.Empty())
+        features = {"observation.state": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
+                    "observation.images.front": {"dtype": "image", "shape": (96, 96, 3), "names": ["height", "width", "channels"]}}
+        stub.SendPolicyInstructions(services_pb2.PolicySetup(data=pickle.dumps(RemotePolicyConfig(
+            policy_type="steered", pretrained_name_or_path=str(steered_dir), lerobot_features=features,
+            actions_per_chunk=8, device="cpu"))))
+        assert isinstance(policy_server.policy, SteeredPolicy)
+
+        image = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        raw = {"x": 200.0, "y": 300.0, "front": image, "task": ""}
+        observation = TimedObservation(timestamp=0.0, timestep=0, observation=raw, must_go=True)
+        stub.SendObservations(send_bytes_in_chunks(pickle.dumps(observation), services_pb2.Observation))
+        torch.manual_seed(0)  # the head's prior draw eps, taken in the server's worker thread from the global generator
+        timed_actions = pickle.loads(stub.GetActions(services_pb2.Empty()).data)
+        served = torch.stack([a.get_action() for a in timed_actions])
+
+        # the same observation and eps through the steered policy directly, with the base's processors
+        policy = SteeredPolicy.from_pretrained(steered_dir)
+        preprocessor, postprocessor = policy.base_processors()
+        batch = preprocessor({"observation.state": torch.tensor([[200.0, 300.0]]),
+                              "observation.images.front": torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255,
+                              "task": ""})
+        torch.manual_seed(0)
+        expected = postprocessor(policy.predict_action_chunk(batch))[0]
+        assert [a.get_timestep() for a in timed_actions] == list(range(8))
+        torch.testing.assert_close(served, expected, rtol=0, atol=1e-4)
+        torch.manual_seed(1)
+        assert not torch.allclose(postprocessor(policy.predict_action_chunk(batch))[0], expected)  # eps matters
+    finally:
+        server.stop(None)

@@ -239,6 +239,12 @@ def _add_hub_parsers(sub) -> None:
     p.set_defaults(func=cmd_info)
 
 
+def cmd_serve(args) -> None:
+    from vla_steer.lerobot_policy.serve import serve
+
+    serve(args.server_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla-steer", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -256,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="critic-guided selection: the critic picks the best of K head proposals per observation")
     p.set_defaults(func=cmd_eval)
     _add_hub_parsers(sub)
+    p = sub.add_parser("serve", help="LeRobot's async inference policy server, able to serve steered policies",
+                       description="Runs lerobot.async_inference.policy_server with the 'steered' policy type enabled. "
+                                   "All arguments are LeRobot's (--host, --port, --fps, --inference_latency, ...).")
+    p.add_argument("server_args", nargs=argparse.REMAINDER, help="arguments for LeRobot's policy server")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
