@@ -422,10 +422,12 @@ def test_lerobot_eval_runs_a_steered_policy(tmp_path, steered_dir_builder, obs_t
     assert "base_path" in result.stdout + result.stderr  # the config lerobot-eval logs is the steered one
 
 
-def test_lerobot_async_policy_server_serves_a_steered_smolvla(tmp_path):
+def test_lerobot_async_policy_server_serves_a_steered_smolvla(tmp_path, monkeypatch):
     """LeRobot's own gRPC policy server (``vla-steer serve`` enables the type) loads a steered directory by path and
     answers an observation with the chunk the steered policy computes, through the base's processors."""
     from concurrent import futures
+
+    monkeypatch.chdir(tmp_path)  # importing LeRobot's policy server opens a log file under ./logs
 
     import grpc
     import numpy as np
