@@ -5,6 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _env_steps_axis(ax) -> None:
+    """Label the x axis in env steps with thousands as ``k`` (full numbers collide at 40k+)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xlabel("env steps")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0"))
+
+
 def plot_learning_curve(results: dict, path: str | Path) -> Path:
     import matplotlib
 
@@ -19,7 +27,7 @@ def plot_learning_curve(results: dict, path: str | Path) -> Path:
         ax.plot(steps, [h.get(key, float("nan")) for h in history], marker="o", ms=3, label=results.get("method", "steered"))
         if key in base:
             ax.axhline(base[key], color="gray", ls="--", label="base (frozen)")
-        ax.set_xlabel("env steps")
+        _env_steps_axis(ax)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="best")
@@ -53,7 +61,7 @@ def plot_seed_comparison(runs_by_method: dict[str, list[dict]], path: str | Path
             values = np.array([[h[key] for h in r["history"][:n]] for r in runs])
             line, = ax.plot(steps, values.mean(0), marker="o", ms=3, label=f"{method} ({len(runs)} seeds)")
             ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
-            ax.set_xlabel("env steps")
+            _env_steps_axis(ax)
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
     # the frozen base is the same policy for every method: draw the mean over all runs once
