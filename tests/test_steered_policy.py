@@ -28,7 +28,7 @@ from tiny_vla import tiny_smolvla_batch, tiny_smolvla_policy, write_tiny_smolvlm
 from vla_steer.adapters.base import LatentLayout
 from vla_steer.config import HeadConfig
 from vla_steer.lerobot_policy import HeadFormatError, SteeredConfig, SteeredPolicy
-from vla_steer.steering import ResidualPerturbation, TanhGaussianLatentPolicy
+from vla_steer.steering import CriticEnsemble, ResidualPerturbation, TanhGaussianLatentPolicy
 
 torch.set_num_threads(1)
 
@@ -41,7 +41,7 @@ STATS = {
 
 
 def write_trainer_head(directory: Path, algorithm: str = "lpds", delta_bias: float = 0.0, bound: float = 10.0,
-                       latent_layout: str = "full") -> Path:
+                       latent_layout: str = "full", critic: bool = False) -> Path:
     """``head/`` as ``SteeringTrainer.save_head`` writes it, with hand-set weights.
 
     LP-DS: the residual's last layer is zero except its bias, so ``Delta(s) = delta_bias`` for every state.
@@ -54,12 +54,15 @@ def write_trainer_head(directory: Path, algorithm: str = "lpds", delta_bias: flo
         torch.nn.init.constant_(modules["delta"].net[-1].bias, delta_bias)
     else:
         modules = {"actor": TanhGaussianLatentPolicy(FEATURE_DIM, layout.latent_dim, 16, 1, bound, 8)}
+    if critic:  # the latent critic Q^W(s, z) the trainer ships for best-of-K
+        modules["critic"] = CriticEnsemble(FEATURE_DIM, layout.latent_dim, head.num_critics, 16, 1, 8)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
     save_file(tensors, directory / "head.safetensors")
     (directory / "head_config.json").write_text(json.dumps({
         "algorithm": algorithm, "head": asdict(head), "noise_shape": list(NOISE_SHAPE),
-        "latent_shape": list(layout.latent_shape), "feature_dim": FEATURE_DIM, "adapter": "smolvla", "env": "test"}))
+        "latent_shape": list(layout.latent_shape), "feature_dim": FEATURE_DIM, "adapter": "smolvla", "env": "test",
+        **({"critic": "latent"} if critic else {})}))
     return directory
 
 
@@ -120,6 +123,28 @@ def test_zero_delta_is_the_base_and_a_nonzero_head_steers(base_dir, tmp_path):
                                clipped.base.predict_action_chunk(dict(batch), noise=(w + 0.4).clamp(-1, 1)), rtol=0, atol=1e-5)
     # stochastic by default: two calls without noise differ
     assert not torch.allclose(moved.predict_action_chunk(dict(batch)), moved.predict_action_chunk(dict(batch)))
+
+
+def test_best_of_k_acts_on_the_proposal_the_shipped_critic_ranks_first(base_dir, tmp_path):
+    head_dir = write_trainer_head(tmp_path / "critic_head", delta_bias=0.3, critic=True)
+    policy = SteeredPolicy.from_base(load_base(base_dir), head_dir, base_path=base_dir, best_of_k=4,
+                                     adapter_kwargs={"pooling": "mean+last"})
+    batch = tiny_smolvla_batch(policy.base, batch_size=2, seed=1)
+    w = torch.randn(2 * 4, NOISE_SHAPE[0] * NOISE_SHAPE[1], generator=torch.Generator().manual_seed(2))
+    features = policy.adapter.encode(batch).features.float()
+    chosen = policy.head.best_of_k(features, 4, eps=w)
+    expected = policy.adapter.decode(policy.adapter.encode(batch), policy.head.layout.to_noise(chosen))
+    torch.testing.assert_close(policy.predict_action_chunk(dict(batch), noise=w), expected, rtol=0, atol=0)
+    # the saved directory keeps the setting and the critic
+    policy.save_pretrained(tmp_path / "saved")
+    loaded = SteeredPolicy.from_pretrained(tmp_path / "saved")
+    assert loaded.config.best_of_k == 4
+    torch.testing.assert_close(loaded.predict_action_chunk(dict(batch), noise=w), expected, rtol=0, atol=1e-6)
+    with pytest.raises(HeadFormatError, match="best_of_k=4 needs a head that ships its critic"):
+        SteeredPolicy.from_base(load_base(base_dir), write_trainer_head(tmp_path / "no_critic"), base_path=base_dir,
+                                best_of_k=4, adapter_kwargs={"pooling": "mean+last"})
+    with pytest.raises(ValueError, match="best_of_k must be an integer >= 1"):
+        SteeredConfig(best_of_k=0)
 
 
 def test_dsrl_head_acts_with_its_tanh_gaussian(base_dir, tmp_path):

@@ -161,7 +161,7 @@ def shared_head_config(head: ActingHead, record: dict) -> dict:
 
     raw = head.raw_config
     config = {"format_version": FORMAT_VERSION, "head_type": HEAD_TYPES[raw["algorithm"]]}
-    config.update({k: raw[k] for k in ("algorithm", "head", "noise_shape", "latent_shape", "feature_dim") if k in raw})
+    config.update({k: raw[k] for k in ("algorithm", "head", "noise_shape", "latent_shape", "feature_dim", "critic") if k in raw})
     config.update(record)
     if raw.get("base_fingerprint"):
         config["base_fingerprint"] = raw["base_fingerprint"]

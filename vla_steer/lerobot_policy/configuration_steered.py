@@ -24,6 +24,8 @@ class SteeredConfig(PreTrainedConfig):
     ``base_type``: the base's LeRobot policy type (``"smolvla"``, ``"diffusion"``, ``"pi0"``, ...).
     ``adapter_kwargs``: arguments of the base's adapter (``pooling``, ``num_steps`` ...), as used in training.
     ``deterministic``: act with ``eps = 0`` (LP-DS) / ``tanh(mean)`` (DSRL) instead of sampling as trained.
+    ``best_of_k``: > 1 draws that many head proposals per observation and acts on the one the head's shipped
+    latent critic Q^W(s, z) ranks highest (one encode, one decode; ``--policy.best_of_k=8`` in lerobot-eval).
     ``input_features`` / ``output_features`` / ``n_obs_steps`` are copied from the base when saving.
     """
 
@@ -32,6 +34,12 @@ class SteeredConfig(PreTrainedConfig):
     base_type: str = ""
     adapter_kwargs: dict[str, Any] = field(default_factory=dict)
     deterministic: bool = False
+    best_of_k: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.best_of_k, int) or self.best_of_k < 1:
+            raise ValueError(f"best_of_k must be an integer >= 1 (1 = act on one proposal), got {self.best_of_k!r}")
 
     @property
     def observation_delta_indices(self) -> None:

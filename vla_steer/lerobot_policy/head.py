@@ -5,10 +5,13 @@ the algorithm's ``head_modules()`` and ``head_config.json`` with the algorithm, 
 noise / latent shapes, the feature width and the base's fingerprint (format 0). A shared head directory
 (``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``, format 1, spec in ``hub/FORMAT.md``) adds what the
 head was trained on: the base's name, revision, type, library version, fingerprint, the feature options, the
-hyper-parameters and the training metrics. Deployment needs only the actor, never the critics:
+hyper-parameters and the training metrics. Acting needs only the actor:
 
 * ``lpds``: ``z = clip(eps + Delta(s), +-bound)``, ``eps ~ N(0, I)``; deterministic: ``eps = 0``.
 * ``dsrl_sac`` / ``dsrl_na``: ``z = bound * tanh(mean(s) + std(s) * eps)``; deterministic: ``bound * tanh(mean(s))``.
+
+Heads written by the trainer also ship the latent critic Q^W(s, z) (``"critic": "latent"``, tensors ``critic.*``;
+a few hundred kB) so that a deployed policy can pick the best of K proposals (:meth:`ActingHead.best_of_k`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from vla_steer.hub.fingerprint import FULL, METHODS, base_fingerprint, compare_f
 from vla_steer.hub.format import (DEFAULT_LIMITS, FORMAT_VERSION, HEAD_CONFIG_NAME, HEAD_DTYPES, HEAD_WEIGHTS_NAME,
                                   LEARNING_CURVE_NAME, BaseMismatchError, HeadFormatError, Limits, dump_json, read_json,
                                   read_safetensors_header, reject_code_references, to_json_safe)
-from vla_steer.steering import ResidualPerturbation, TanhGaussianLatentPolicy
+from vla_steer.steering import CriticEnsemble, ResidualPerturbation, TanhGaussianLatentPolicy
 
 __all__ = ["ActingHead", "BaseMismatchError", "HeadFormatError", "validate_head_config", "HEAD_CONFIG_NAME",
            "HEAD_WEIGHTS_NAME"]
@@ -39,11 +42,11 @@ logger = logging.getLogger(__name__)
 
 # format 0: what SteeringTrainer.save_head writes
 REQUIRED_KEYS = ("algorithm", "head", "noise_shape", "latent_shape", "feature_dim")
-OPTIONAL_KEYS = ("adapter", "env", "base_fingerprint")
+OPTIONAL_KEYS = ("adapter", "env", "base_fingerprint", "critic")
 # format 1: a shared head (hub/FORMAT.md)
 V1_REQUIRED_KEYS = (*REQUIRED_KEYS, "format_version", "head_type", "adapter", "features", "base_model_name_or_path",
                     "revision", "base_library", "base_library_version", "base_policy_type", "base_fingerprint")
-V1_OPTIONAL_KEYS = ("env", "hyperparameters", "training", "vla_steer_version")
+V1_OPTIONAL_KEYS = ("env", "hyperparameters", "training", "vla_steer_version", "critic")
 ALGORITHM_MODULES = {"lpds": "delta", "dsrl_sac": "actor", "dsrl_na": "actor"}
 HEAD_TYPES = {"lpds": "lpds_residual", "dsrl_sac": "dsrl_tanh_gaussian", "dsrl_na": "dsrl_tanh_gaussian"}
 BASE_LIBRARIES = ("lerobot", "vla_steer")
@@ -129,6 +132,9 @@ def validate_head_config(config: dict[str, Any]) -> dict[str, Any]:
     _check_type(config, "env", (str, type(None)), "a string or null")
     if "base_fingerprint" in config:
         _check_fingerprint(config["base_fingerprint"])
+    if config.get("critic", "latent") != "latent":
+        raise HeadFormatError(f"head config field 'critic' must be \"latent\" (the head ships its Q^W(s, z) for "
+                              f"best-of-K selection) or absent, got {config['critic']!r}")
     if version:
         if config["head_type"] != HEAD_TYPES[config["algorithm"]]:
             raise HeadFormatError(f"head config head_type {config['head_type']!r} does not match algorithm "
@@ -182,6 +188,9 @@ class ActingHead(nn.Module):
         else:
             self.actor = TanhGaussianLatentPolicy(self.feature_dim, latent_dim, head.hidden_dim, head.num_layers,
                                                   head.bound, head.encoder_dim)
+        # optional: the latent critic Q^W(s, z), shipped so that a deployed policy can rank K proposals
+        self.critic = CriticEnsemble(self.feature_dim, latent_dim, head.num_critics, head.hidden_dim, head.num_layers,
+                                     head.encoder_dim) if config.get("critic") == "latent" else None
         self.requires_grad_(False)
         # Training record not stored in format 0 (set by from_run): {"hyperparameters", "training"}, and extra
         # files to ship with a shared head ({"learning_curve.png": path}).
@@ -214,6 +223,21 @@ class ActingHead(nn.Module):
         mean, log_std = self.actor.net(self.actor.encoder(features)).chunk(2, dim=-1)
         log_std = log_std.clamp(self.actor.LOG_STD_MIN, self.actor.LOG_STD_MAX)
         return self.bound * torch.tanh(mean + log_std.exp() * eps)
+
+    def best_of_k(self, features: torch.Tensor, k: int, eps: torch.Tensor | None = None,
+                  deterministic: bool = False) -> torch.Tensor:
+        """One latent per row of ``features``: the best of ``k`` proposals by the shipped critic's mean over its
+        heads. ``eps`` (``[B * k, latent_dim]``, rows grouped per observation) fixes the proposals' prior draws."""
+        if self.critic is None:
+            raise ValueError("this head ships no critic, so it cannot rank proposals: export it from a training run "
+                             "made with this vla_steer version (its head/ includes critic.* tensors), or use best_of_k=1")
+        if k < 1:
+            raise ValueError(f"best-of-K needs k >= 1, got {k}")
+        batch = features.shape[0]
+        repeated = features.repeat_interleave(k, dim=0)
+        proposals = self(repeated, eps=eps, deterministic=deterministic)
+        q = self.critic.reduce(self.critic(repeated, proposals), "mean").view(batch, k)
+        return proposals.view(batch, k, -1)[torch.arange(batch, device=q.device), q.argmax(dim=1)]
 
     # ------------------------------------------------------------------------------------------------
     # which base it fits

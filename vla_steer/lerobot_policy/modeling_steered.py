@@ -124,6 +124,9 @@ class SteeredPolicy(PreTrainedPolicy):
         n_obs_steps = getattr(self.base.config, "n_obs_steps", 1)
         if n_obs_steps > 1 and self.adapter.family not in HISTORY_FAMILIES:
             problems.append(f"n_obs_steps={n_obs_steps} is not supported for {self.adapter.family!r} bases")
+        if self.config.best_of_k > 1 and self.head.critic is None:
+            problems.append(f"best_of_k={self.config.best_of_k} needs a head that ships its critic (critic.* tensors, "
+                            "written by the trainer); set best_of_k=1 for this head")
         if problems:
             raise HeadFormatError("head does not fit this base policy: " + "; ".join(problems))
         self.head.check_base(self.adapter, self.config.adapter_kwargs, allow_base_mismatch)
@@ -133,7 +136,7 @@ class SteeredPolicy(PreTrainedPolicy):
     @classmethod
     def from_base(cls, base_policy: PreTrainedPolicy, head: ActingHead | str | Path, *, base_path: str | Path,
                   base_revision: str | None = None, adapter_kwargs: dict[str, Any] | None = None,
-                  deterministic: bool = False, preprocessor=None, postprocessor=None,
+                  deterministic: bool = False, best_of_k: int = 1, preprocessor=None, postprocessor=None,
                   allow_base_mismatch: bool = False) -> "SteeredPolicy":
         """Wrap ``base_policy`` (saved at / published as ``base_path``) with a head (an :class:`ActingHead`, a
         directory with ``head_config.json`` + ``head.safetensors``, or a Hub repo id of a shared head).
@@ -145,7 +148,8 @@ class SteeredPolicy(PreTrainedPolicy):
         base_config = base_policy.config
         config = SteeredConfig(
             base_path=str(base_path), base_revision=base_revision, base_type=base_config.type,
-            adapter_kwargs=dict(adapter_kwargs or {}), deterministic=deterministic, device=base_config.device,
+            adapter_kwargs=dict(adapter_kwargs or {}), deterministic=deterministic, best_of_k=best_of_k,
+            device=base_config.device,
             n_obs_steps=base_config.n_obs_steps, input_features=dict(base_config.input_features),
             output_features=dict(base_config.output_features),
         )
@@ -307,13 +311,18 @@ class SteeredPolicy(PreTrainedPolicy):
     def _chunk(self, observation: dict[str, Tensor], noise: Tensor | None, deterministic: bool | None) -> Tensor:
         context = self.adapter.encode(observation)  # the one expensive pass
         deterministic = self.config.deterministic if deterministic is None else deterministic
-        latent = self.head(context.features.float(), eps=noise, deterministic=deterministic)
+        features, k = context.features.float(), self.config.best_of_k
+        if k > 1:  # the shipped critic ranks k proposals on the same features; only the chosen one is decoded
+            latent = self.head.best_of_k(features, k, eps=noise, deterministic=deterministic)
+        else:
+            latent = self.head(features, eps=noise, deterministic=deterministic)
         return self.adapter.decode(context, self.head.layout.to_noise(latent))
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None,
                              deterministic: bool | None = None) -> Tensor:
-        """The base's chunk for the noise the head picks (``noise``: the prior draw ``eps``, see the module doc)."""
+        """The base's chunk for the noise the head picks (``noise``: the prior draw ``eps``, see the module doc;
+        with ``config.best_of_k = K > 1`` one draw per proposal, ``[B * K, ...]``)."""
         self.eval()
         return self._chunk(self._observation(batch), noise, deterministic)
 

@@ -31,7 +31,7 @@ from vla_steer.config import Recipe
 from vla_steer.envs.registry import make_env
 from vla_steer.metrics import kozachenko_leonenko_entropy, summarize_episodes
 from vla_steer.training import checkpoint as ckpt
-from vla_steer.steering.best_of_k import best_of_k
+from vla_steer.steering.best_of_k import best_of_k, latent_critic
 from vla_steer.training.buffer import ReplayBuffer
 
 
@@ -463,10 +463,12 @@ class SteeringTrainer:
 
         directory = self.output_dir / "head"
         directory.mkdir(parents=True, exist_ok=True)
+        # the acting modules, plus the latent critic Q^W(s, z) for best-of-K selection in a deployed policy
+        modules = {**self.algo.head_modules(), "critic": latent_critic(self.algo)}
         tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
-                   for name, module in self.algo.head_modules().items() for k, v in module.state_dict().items()}
+                   for name, module in modules.items() for k, v in module.state_dict().items()}
         save_file(tensors, directory / "head.safetensors")
-        (directory / "head_config.json").write_text(json.dumps({
+        (directory / "head_config.json").write_text(json.dumps({"critic": "latent",
             "algorithm": self.recipe.algorithm.name, "head": asdict(self.recipe.head), "noise_shape": list(self.adapter.noise_shape),
             "latent_shape": list(self.layout.latent_shape), "feature_dim": self.adapter.feature_dim,
             "adapter": self.adapter.family, "env": self.recipe.env.id,
