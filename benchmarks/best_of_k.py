@@ -24,6 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--output", default="best_of_k.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
     rows = []
     for run_dir in map(Path, args.run_dirs):
@@ -45,7 +46,7 @@ def main() -> None:
             summary[f"{method}/K={k}"] = {"success_mean": float(success.mean()), "success_std": float(success.std()),
                                           "seeds": len(success)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "best_of_k.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=2))
+    (RESULTS / args.output).write_text(json.dumps({"runs": rows, "summary": summary}, indent=2))
     print(json.dumps(summary, indent=2))
 
 
