@@ -21,6 +21,7 @@ import torch
 from huggingface_hub import ModelCard, constants
 from safetensors.torch import load_file, save_file
 
+from tiny_common import save_pusht_diffusion_base
 from vla_steer.adapters.base import LatentLayout
 from vla_steer.cli import main as cli
 from vla_steer.config import HeadConfig
@@ -39,29 +40,6 @@ FORMAT_FILES = {"config.json", "head_config.json", "head.safetensors", "policy_p
 
 # -------------------------------------------------------------------------------------------------------------
 # builders
-def save_diffusion_base(directory: Path, seed: int = 0, horizon: int = 8) -> Path:
-    """A tiny LeRobot DiffusionPolicy (PushT-style state observations) saved with its pre/post processors."""
-    from lerobot.configs.types import FeatureType, PolicyFeature
-    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
-    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
-    from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
-
-    config = DiffusionConfig(
-        input_features={STATE: PolicyFeature(FeatureType.STATE, (2,)), ENV_STATE: PolicyFeature(FeatureType.ENV, (16,))},
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
-        n_obs_steps=2, horizon=horizon, n_action_steps=4, down_dims=(16, 32), kernel_size=3, n_groups=4,
-        diffusion_step_embed_dim=16, device="cpu")
-    torch.manual_seed(seed)
-    policy = DiffusionPolicy(config)
-    span = lambda n: {"min": torch.zeros(n), "max": torch.full((n,), 512.0)}  # noqa: E731
-    pre, post = make_diffusion_pre_post_processors(config, dataset_stats={STATE: span(2), ENV_STATE: span(16),
-                                                                          "action": span(2)})
-    policy.save_pretrained(directory)
-    pre.save_pretrained(directory)
-    post.save_pretrained(directory)
-    return directory
-
-
 def load_diffusion(directory: Path):
     from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
 
@@ -128,7 +106,7 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_dir(root):
-    return save_diffusion_base(root / "base", seed=0)
+    return save_pusht_diffusion_base(root / "base", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -462,8 +440,8 @@ def test_wrong_tensor_shapes_are_refused(steered_dir, tmp_path):
 
 
 def test_a_head_refuses_another_base_unless_overridden(steered_dir, root, tmp_path, monkeypatch, capsys):
-    other_weights = save_diffusion_base(root / "base_seed1", seed=1)  # same architecture, other weights
-    longer = save_diffusion_base(root / "base_horizon16", seed=0, horizon=16)  # other noise shape
+    other_weights = save_pusht_diffusion_base(root / "base_seed1", seed=1)  # same architecture, other weights
+    longer = save_pusht_diffusion_base(root / "base_horizon16", seed=0, horizon=16)  # other noise shape
     with pytest.raises(BaseMismatchError, match="weights differ"):
         SteeredPolicy.from_pretrained(steered_dir, base_policy=load_diffusion(other_weights))
     repointed = broken_copy(steered_dir, tmp_path / "repointed", config=lambda c: c.update(base_path=str(other_weights)))

@@ -18,7 +18,8 @@ import pytest
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.utils import reset_sessions
 
-from test_hub import FORMAT_FILES, save_diffusion_base, steered_on
+from test_hub import FORMAT_FILES, steered_on
+from tiny_common import save_pusht_diffusion_base
 from vla_steer.cli import main as cli
 
 COMMIT_SHA = "c" * 40
@@ -100,7 +101,7 @@ def hub(monkeypatch):
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
-    return save_diffusion_base(tmp_path_factory.mktemp("push") / "base")
+    return save_pusht_diffusion_base(tmp_path_factory.mktemp("push") / "base")
 
 
 def test_steered_policy_push_to_hub_sends_one_commit_of_the_format_files(hub, base_dir, tmp_path):

@@ -11,6 +11,7 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
 from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
 from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
+from tiny_common import assert_base_frozen_through_backward
 from torch import nn
 
 from vla_steer.adapters import DiffusionPolicyAdapter, FlowHeadAdapter
@@ -175,16 +176,8 @@ def test_encoder_runs_once_per_encode_and_never_in_decode(diffusion, monkeypatch
 
 def test_base_stays_frozen_through_backward(diffusion):
     """(e) a backward through decode reaches the noise but leaves the policy untouched."""
-    policy = diffusion.policy
-    assert not policy.training and not any(p.requires_grad for p in policy.parameters())
-    before = {name: t.clone() for name, t in policy.state_dict().items()}
-    ctx = diffusion.encode(observation(policy, 2, seed=9))
-    w = torch.randn(2, *diffusion.noise_shape, requires_grad=True)
-    diffusion.decode(ctx, w).square().sum().backward()
-    assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
-    assert all(p.grad is None for p in policy.parameters())
-    after = policy.state_dict()
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert_base_frozen_through_backward(diffusion, observation(diffusion.policy, 2, seed=9),
+                                        torch.randn(2, *diffusion.noise_shape))
 
 
 def test_processors_give_raw_inputs_and_env_space_actions():

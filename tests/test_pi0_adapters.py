@@ -37,6 +37,7 @@ from lerobot.policies.pi0.configuration_pi0 import PI0Config  # noqa: E402
 from lerobot.policies.pi0.modeling_pi0 import PaliGemmaWithExpertModel, PI0Pytorch, get_gemma_config  # noqa: E402
 from lerobot.policies.pi05.configuration_pi05 import PI05Config  # noqa: E402
 from lerobot.policies.pi05.modeling_pi05 import PI05Pytorch  # noqa: E402
+from tiny_common import assert_base_frozen_through_backward  # noqa: E402
 from tiny_pi0 import (  # noqa: E402
     FULL, TINY, TINY_IMAGE_SIZE, SizedPaliGemmaWithExpertModel, SizedPI0Pytorch, SizedPI05Pytorch, make_pi_policy,
     make_pi_processors,
@@ -218,16 +219,7 @@ def test_prefix_runs_once_per_encode_and_never_in_decode(adapter):
 
 def test_base_stays_frozen_through_backward(adapter):
     """(e) parameters bit-identical and without gradients; a backward through decode reaches the noise."""
-    policy = adapter.policy
-    assert not policy.training and not any(p.requires_grad for p in policy.parameters())
-    before = {name: t.clone() for name, t in policy.state_dict().items()}
-    ctx = adapter.encode(observation(2, seed=21))
-    w = noise(2, seed=22).requires_grad_(True)
-    adapter.decode(ctx, w).square().sum().backward()
-    assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
-    assert all(p.grad is None for p in policy.parameters())
-    after = policy.state_dict()
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert_base_frozen_through_backward(adapter, observation(2, seed=21), noise(2, seed=22))
 
 
 @pytest.mark.parametrize("family", ["pi0", "pi05"])

@@ -9,6 +9,7 @@ import torch
 from lerobot.policies.smolvla.processor_smolvla import make_smolvla_pre_post_processors
 from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE
 
+from tiny_common import assert_base_frozen_through_backward
 from tiny_vla import ACTION_DIM, tiny_smolvla_batch, tiny_smolvla_policy, tokenize_tasks, write_tiny_smolvlm
 from vla_steer.adapters.smolvla import SmolVLAAdapter
 
@@ -158,17 +159,8 @@ def test_vlm_prefix_runs_once_per_encode_and_never_in_decode(adapter):
 
 def test_base_stays_frozen_through_backward(adapter):
     """(e) a backward through decode reaches the noise but leaves every policy parameter untouched."""
-    policy = adapter.policy
-    assert not policy.training and not any(p.requires_grad for p in policy.parameters())
-    before = {name: t.clone() for name, t in policy.state_dict().items()}
-    ctx = adapter.encode(tiny_smolvla_batch(policy, 2, seed=14))
-    w = noise(adapter, 2, 15).requires_grad_(True)
-    adapter.decode(ctx, w).square().sum().backward()
-    assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
-    assert w.grad[..., ACTION_DIM:].abs().sum() > 0, "the padded noise dims influence the real actions"
-    assert all(p.grad is None and not p.requires_grad for p in policy.parameters())
-    after = policy.state_dict()
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert_base_frozen_through_backward(adapter, tiny_smolvla_batch(adapter.policy, 2, seed=14), noise(adapter, 2, 15),
+                                        padded_from=ACTION_DIM)
 
 
 def test_pooling_options(adapter):

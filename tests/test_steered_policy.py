@@ -24,6 +24,7 @@ from lerobot.policies.smolvla.processor_smolvla import make_smolvla_pre_post_pro
 from lerobot.utils.constants import OBS_STATE
 from safetensors.torch import load_file, save_file
 
+from tiny_common import save_pusht_diffusion_base, save_with_processors
 from tiny_vla import tiny_smolvla_batch, tiny_smolvla_policy, write_tiny_smolvlm
 from vla_steer.adapters.base import LatentLayout
 from vla_steer.config import HeadConfig
@@ -355,32 +356,10 @@ def save_constant_delta_steered(base_dir: Path, root: Path, name: str, bias: flo
     return root / f"steered_{name}"
 
 
-def save_with_processors(policy, preprocessor, postprocessor, directory: Path) -> Path:
-    for part in (policy, preprocessor, postprocessor):
-        part.save_pretrained(directory)
-    return directory
-
-
 def steered_pusht_diffusion(root: Path) -> Path:
-    """A tiny random DiffusionPolicy for PushT's ``environment_state_agent_pos`` observations (observation history
-    of 2), saved with its processors, steered with a constant Delta. Returns the steered directory."""
-    from lerobot.configs.types import FeatureType, PolicyFeature
-    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
-    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
-    from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
-
-    config = DiffusionConfig(
-        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (2,)),
-                        "observation.environment_state": PolicyFeature(FeatureType.ENV, (16,))},
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
-        n_obs_steps=2, horizon=8, n_action_steps=4, down_dims=(16, 32), kernel_size=3, n_groups=4,
-        diffusion_step_embed_dim=16, device="cpu",
-    )
-    torch.manual_seed(0)
-    span = lambda n: {"min": torch.zeros(n), "max": torch.full((n,), 512.0)}  # noqa: E731  PushT pixel coordinates
-    stats = {"observation.state": span(2), "observation.environment_state": span(16), "action": span(2)}
-    base_dir = save_with_processors(DiffusionPolicy(config), *make_diffusion_pre_post_processors(config, dataset_stats=stats),
-                                    root / "diffusion_base")
+    """The tiny PushT DiffusionPolicy (observation history of 2), steered with a constant Delta. Returns the steered
+    directory."""
+    base_dir = save_pusht_diffusion_base(root / "diffusion_base")
     return save_constant_delta_steered(base_dir, root, "diffusion", 0.2, num_inference_steps=4)
 
 

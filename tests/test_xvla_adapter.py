@@ -14,6 +14,7 @@ import torch
 from lerobot.configs.types import NormalizationMode
 from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE
 
+from tiny_common import assert_base_frozen_through_backward
 from tiny_xvla import ACTION_DIM, TEXT_HIDDEN, tiny_bart_tokenizer, tiny_xvla_batch, tiny_xvla_policy, tokenize_tasks
 from vla_steer.adapters.xvla import XVLAAdapter
 
@@ -173,17 +174,8 @@ def test_vlm_runs_once_per_encode_and_never_in_decode(adapter):
 
 def test_base_stays_frozen_through_backward(adapter):
     """(e) a backward through decode reaches the noise but leaves every policy parameter untouched."""
-    policy = adapter.policy
-    assert not policy.training and not any(p.requires_grad for p in policy.parameters())
-    before = {name: t.clone() for name, t in policy.state_dict().items()}
-    ctx = adapter.encode(tiny_xvla_batch(policy, 2, seed=14))
-    w = noise(adapter, 2, 15).requires_grad_(True)
-    adapter.decode(ctx, w).square().sum().backward()
-    assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
-    assert w.grad[..., ACTION_DIM:].abs().sum() > 0, "the padded noise dims influence the real actions"
-    assert all(p.grad is None and not p.requires_grad for p in policy.parameters())
-    after = policy.state_dict()
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert_base_frozen_through_backward(adapter, tiny_xvla_batch(adapter.policy, 2, seed=14), noise(adapter, 2, 15),
+                                        padded_from=ACTION_DIM)
 
 
 def test_pooling_options(adapter):

@@ -1,9 +1,11 @@
-"""What the tiny offline LeRobot builders (tiny_vla.py, tiny_xvla.py, tiny_pi0.py) share: a word-level tokenizer,
-the language entries LeRobot's ``TokenizerProcessorStep`` writes, the features of a small robot and random
-observation batches. Nothing here downloads anything."""
+"""What the tiny offline LeRobot builders (tiny_vla.py, tiny_xvla.py, tiny_pi0.py) and the adapter tests share: a
+word-level tokenizer, the language entries LeRobot's ``TokenizerProcessorStep`` writes, the features of a small
+robot, random observation batches, a tiny PushT DiffusionPolicy checkpoint and the frozen-base check every adapter
+must pass. Nothing here downloads anything."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -79,3 +81,50 @@ def random_batch(policy, batch_size: int, seed: int, tasks: Sequence[str] | None
         tasks = [DEFAULT_TASKS[i % len(DEFAULT_TASKS)] for i in range(batch_size)]
     batch.update(tokenize(list(tasks)))
     return batch
+
+
+def save_with_processors(policy, preprocessor, postprocessor, directory: Path) -> Path:
+    """``directory`` as LeRobot saves a policy checkpoint: config, weights and both processor pipelines."""
+    for part in (policy, preprocessor, postprocessor):
+        part.save_pretrained(directory)
+    return directory
+
+
+def save_pusht_diffusion_base(directory: Path, seed: int = 0, horizon: int = 8) -> Path:
+    """A tiny random LeRobot DiffusionPolicy for PushT's ``environment_state_agent_pos`` observations (observation
+    history of 2), saved with its processors (min-max stats over PushT's [0, 512] pixel coordinates)."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
+
+    config = DiffusionConfig(
+        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (2,)),
+                        "observation.environment_state": PolicyFeature(FeatureType.ENV, (16,))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
+        n_obs_steps=2, horizon=horizon, n_action_steps=4, down_dims=(16, 32), kernel_size=3, n_groups=4,
+        diffusion_step_embed_dim=16, device="cpu",
+    )
+    torch.manual_seed(seed)
+    span = lambda n: {"min": torch.zeros(n), "max": torch.full((n,), 512.0)}  # noqa: E731
+    stats = {"observation.state": span(2), "observation.environment_state": span(16), "action": span(2)}
+    return save_with_processors(DiffusionPolicy(config), *make_diffusion_pre_post_processors(config, dataset_stats=stats),
+                                directory)
+
+
+def assert_base_frozen_through_backward(adapter, observation, noise: torch.Tensor, padded_from: int | None = None) -> None:
+    """A backward through ``decode`` reaches the noise but leaves the adapter's policy untouched: eval mode, no
+    parameter requires or receives a gradient, every tensor bit-identical. ``padded_from``: the first padded
+    action dim of the noise, whose gradient must be non-zero too (the padded dims influence the real actions)."""
+    policy = adapter.policy
+    assert not policy.training and not any(p.requires_grad for p in policy.parameters())
+    before = {name: t.clone() for name, t in policy.state_dict().items()}
+    ctx = adapter.encode(observation)
+    w = noise.requires_grad_(True)
+    adapter.decode(ctx, w).square().sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+    if padded_from is not None:
+        assert w.grad[..., padded_from:].abs().sum() > 0, "the padded noise dims influence the real actions"
+    assert all(p.grad is None and not p.requires_grad for p in policy.parameters())
+    after = policy.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

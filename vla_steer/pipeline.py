@@ -74,8 +74,8 @@ def ensure_base(recipe: Recipe, accelerator: Accelerator | None = None, show_pro
         return _ensure_smolvla_base(recipe, demos_root, accelerator, show_progress)
     cfg = base_policy_config(recipe)
     b = recipe.base
-    key = hashlib.sha256(json.dumps({"demos": demos_root.name, "policy": asdict(cfg), "steps": b.bc_steps,
-                                     "batch": b.bc_batch_size, "lr": b.bc_lr, "seed": b.seed}, sort_keys=True).encode()).hexdigest()[:16]
+    key = _digest({"demos": demos_root.name, "policy": asdict(cfg), "steps": b.bc_steps, "batch": b.bc_batch_size,
+                   "lr": b.bc_lr, "seed": b.seed})  # same key as before _digest existed: cached bases stay valid
     out = cache_dir(recipe) / "bases" / f"{cfg.type}-{key}"
     if not (out / "model.safetensors").is_file():
         train_bc(cfg, demos_root, steps=b.bc_steps, batch_size=b.bc_batch_size, lr=b.bc_lr, seed=b.seed,
@@ -86,10 +86,10 @@ def ensure_base(recipe: Recipe, accelerator: Accelerator | None = None, show_pro
 
 def _ensure_smolvla_base(recipe: Recipe, demos_root: Path, accelerator: Accelerator, show_progress: bool) -> Path:
     spec, b = smolvla_spec(recipe), recipe.base
-    vlm_dir = ensure_tiny_vlm(cache_dir(recipe) / "vlms" / f"tiny-smolvlm-{_digest(asdict(spec))}", spec) \
-        if accelerator.is_main_process else None
+    vlm_dir = cache_dir(recipe) / "vlms" / f"tiny-smolvlm-{_digest(asdict(spec))}"
+    if accelerator.is_main_process:
+        ensure_tiny_vlm(vlm_dir, spec)
     accelerator.wait_for_everyone()
-    vlm_dir = vlm_dir or ensure_tiny_vlm(cache_dir(recipe) / "vlms" / f"tiny-smolvlm-{_digest(asdict(spec))}", spec)
     key = _digest({"demos": demos_root.name, "spec": asdict(spec), "vlm": vlm_dir.name, "steps": b.bc_steps,
                    "batch": b.bc_batch_size, "lr": b.bc_lr, "seed": b.seed})
     out = cache_dir(recipe) / "bases" / f"smolvla-{key}"
@@ -101,6 +101,7 @@ def _ensure_smolvla_base(recipe: Recipe, demos_root: Path, accelerator: Accelera
 
 
 def _digest(payload: dict) -> str:
+    """Content key of a cached artefact: 16 hex digits of the SHA-256 of the canonical JSON."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

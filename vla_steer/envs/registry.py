@@ -28,7 +28,8 @@ IMAGE_KEY, STATE_KEY = "observation.image", "observation.state"
 
 
 @lru_cache(maxsize=1)
-def _metaworld_descriptions() -> dict[str, str]:
+def metaworld_task_descriptions() -> dict[str, str]:
+    """Meta-World task -> language instruction, from the JSON LeRobot ships (read, not imported)."""
     import importlib.resources
 
     return json.loads((importlib.resources.files("lerobot.envs") / "metaworld_config.json").read_text())["TASK_DESCRIPTIONS"]
@@ -37,7 +38,7 @@ def _metaworld_descriptions() -> dict[str, str]:
 def task_description(env_id: str) -> str:
     """The language instruction for ``env_id``: Meta-World's task text as LeRobot ships it, else the id itself."""
     if env_id.startswith(METAWORLD_PREFIX):
-        return _metaworld_descriptions().get(env_id[len(METAWORLD_PREFIX):], env_id)
+        return metaworld_task_descriptions().get(env_id[len(METAWORLD_PREFIX):], env_id)
     return env_id
 
 

@@ -103,15 +103,21 @@ def parse_json(data: bytes, what: str) -> Any:
         raise HeadFormatError(f"{what} nests too deeply") from None
 
 
-def read_json(path: str | Path, what: str | None = None, max_bytes: int = DEFAULT_LIMITS.max_json_bytes) -> Any:
-    """A JSON file, refused before reading if larger than ``max_bytes``; code-referencing keys are refused."""
-    path = Path(path)
-    what = what or path.name
+def _check_size(path: Path, what: str, max_bytes: int, limit_note: str = "") -> int:
+    """The size of the file at ``path``, refused before anything reads it if missing or over ``max_bytes``."""
     if not path.is_file():
         raise FileNotFoundError(f"{what} is missing ({path})")
     size = path.stat().st_size
     if size > max_bytes:
-        raise HeadFormatError(f"{what} is {size} bytes, over the {max_bytes}-byte limit for JSON files")
+        raise HeadFormatError(f"{what} is {size} bytes, over the {max_bytes}-byte limit{limit_note}")
+    return size
+
+
+def read_json(path: str | Path, what: str | None = None, max_bytes: int = DEFAULT_LIMITS.max_json_bytes) -> Any:
+    """A JSON file, refused before reading if larger than ``max_bytes``; code-referencing keys are refused."""
+    path = Path(path)
+    what = what or path.name
+    _check_size(path, what, max_bytes, " for JSON files")
     tree = parse_json(path.read_bytes(), what)
     reject_code_references(tree, what)
     return tree
@@ -170,11 +176,7 @@ def read_safetensors_header(path: str | Path, what: str | None = None, *, max_by
     """
     path = Path(path)
     what = what or path.name
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} is missing ({path})")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise HeadFormatError(f"{what} is {size} bytes, over the {max_bytes}-byte limit")
+    size = _check_size(path, what, max_bytes)
     with open(path, "rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:

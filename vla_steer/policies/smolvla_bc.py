@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from vla_steer.envs.registry import IMAGE_KEY, STATE_KEY, _metaworld_descriptions
+from vla_steer.envs.registry import IMAGE_KEY, STATE_KEY, metaworld_task_descriptions
 from vla_steer.training.checkpoint import write_atomically
 
 
@@ -42,7 +42,7 @@ class TinySmolVLASpec:
 
 def vocabulary() -> list[str]:
     """Words of every Meta-World instruction (the tokenizer of the toy VLM is word-level)."""
-    return sorted({word for text in _metaworld_descriptions().values() for word in text.split()})
+    return sorted({word for text in metaworld_task_descriptions().values() for word in text.split()})
 
 
 def ensure_tiny_vlm(directory: Path, spec: TinySmolVLASpec) -> Path:
