@@ -23,7 +23,14 @@ class RecipeError(ValueError):
 
 @dataclass
 class EnvConfig:
-    id: str = "metaworld/push-v3"
+    # Where the env comes from: ``id`` (the built-in registry: ``metaworld/<task>-v3`` or any gymnasium id) or
+    # ``type`` (a LeRobot ``EnvConfig`` type: ``pusht``, ``aloha``, ``libero``, ``metaworld``,
+    # ``vla_steer_meta_world`` ...), built through LeRobot's ``make_env`` and fed to the policy through LeRobot's
+    # observation processing, as ``lerobot-eval`` does. With ``type``, the LeRobot config's own fields (``task``,
+    # ``obs_type``, ``episode_length`` ...) are written beside it in the recipe; they end up in ``options``.
+    id: Optional[str] = "metaworld/push-v3"
+    type: Optional[str] = None
+    options: dict = field(default_factory=dict)
     num_envs: int = 4
     vectorization: Literal["sync", "async"] = "sync"  # async only pays off for slow envs (robosuite)
     max_episode_steps: Optional[int] = None
@@ -54,7 +61,16 @@ class DemosConfig:
 
 @dataclass
 class BaseConfig:
-    path: Optional[str] = None  # a trained base (config.json + model.safetensors); if set, no BC
+    # A trained base; if set, no BC: a LeRobot checkpoint (a ``pretrained_model`` directory written by
+    # ``lerobot-train``, or a Hub repo id at ``revision``; its type comes from its config.json and its saved
+    # processors are used), or a directory of this project's built-in policies.
+    path: Optional[str] = None
+    revision: Optional[str] = None  # Hub revision (a commit, to pin it) when path is a repo id
+    rename_map: dict = field(default_factory=dict)  # env observation key -> policy key (lerobot-eval's --rename_map)
+    # Options of the LeRobot adapter: pooling (VLAs: mean | last | mean+last), num_inference_steps (diffusion: DDIM
+    # steps; unset keeps the checkpoint's), num_steps (flow VLAs: Euler steps) ...
+    adapter_kwargs: dict = field(default_factory=dict)
+    # Without path, a base is behaviour-cloned here (the embedded defaults):
     # diffusion / flow: the built-in MLP chunk policies. smolvla: LeRobot's SmolVLAPolicy at toy scale on a
     # local random-init SmolVLM (needs env.observation: pixels_state); hidden_dim / num_layers are the VLM's
     # width / depth, horizon the chunk size, num_inference_steps the Euler steps.
@@ -129,6 +145,17 @@ class TrainConfig:
     torch_threads: Optional[int] = None
     cache_dir: str = "~/.cache/vla_steer"
     show_progress: bool = True
+    record_rollouts: bool = False  # write every training episode to <output_dir>/rollouts as a LeRobotDataset
+
+
+@dataclass
+class OfflineConfig:
+    """Offline data for the action critic (``dsrl_na``, ``lpds`` with ``critic: action``): a LeRobotDataset with
+    ``next.reward`` and ``next.done`` (the recipe's demonstrations, or rollouts recorded with train.record_rollouts)."""
+
+    dataset: Optional[str] = None  # "demos" (the recipe's demonstrations) or a LeRobotDataset root
+    fraction: float = 0.25  # share of every update batch drawn from the offline data once online data exists
+    pretrain_updates: int = 0  # critic-only updates on the offline data before the first rollout
 
 
 @dataclass
@@ -139,6 +166,7 @@ class Recipe:
     base: BaseConfig = field(default_factory=BaseConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
@@ -233,10 +261,25 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
+def _gather_lerobot_env_fields(data: dict) -> None:
+    """With ``env.type`` (a LeRobot env), the fields that are not ours are the LeRobot config's: move them to
+    ``env.options`` (checked against that config in :func:`validate_recipe`)."""
+    env = data.get("env")
+    if not isinstance(env, dict) or env.get("type") is None:
+        return
+    if env.get("id") is not None:
+        raise RecipeError("env: give env.id (a built-in or gymnasium env) or env.type (a LeRobot env config), not both")
+    ours = {f.name for f in dataclasses.fields(EnvConfig)}
+    options = dict(env.get("options") or {})
+    options.update({key: value for key, value in env.items() if key not in ours})
+    data["env"] = {**{key: value for key, value in env.items() if key in ours}, "id": None, "options": options}
+
+
 def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
     data = dict(data or {})
     for key, value in parse_overrides(overrides or []):
         _set_path(data, key, value)
+    _gather_lerobot_env_fields(data)
     recipe = _from_dict(Recipe, data, "")
     validate_recipe(recipe)
     return recipe
@@ -261,21 +304,43 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def validate_recipe(recipe: Recipe) -> None:
-    """Cross-field checks, including that the env id exists (cheap: no simulator is built)."""
-    from vla_steer.envs.registry import validate_env_id
+    """Cross-field checks, including that the env exists (cheap: no simulator is built)."""
+    env, base = recipe.env, recipe.base
+    if env.type is not None:
+        from vla_steer.envs.lerobot_envs import lerobot_env_config
 
-    try:
-        validate_env_id(recipe.env.id)
-    except ValueError as exc:
-        raise RecipeError(f"env.id: {exc}") from None
+        built_in_only = [name for name in ("observation", "image_size", "camera", "state", "kwargs", "max_episode_steps")
+                         if getattr(env, name) != getattr(EnvConfig(), name)]
+        if built_in_only:
+            raise RecipeError(f"env.{built_in_only[0]} applies to built-in envs (env.id) only; with env.type set the "
+                              "LeRobot env's own fields shape it (e.g. obs_type, episode_length)")
+        try:
+            lerobot_env_config(env.type, env.options)
+        except ValueError as exc:
+            raise RecipeError(str(exc)) from None
+    elif env.id is None:
+        raise RecipeError("env: set env.id (e.g. metaworld/push-v3) or env.type (a LeRobot env config, e.g. pusht)")
+    else:
+        from vla_steer.envs.registry import validate_env_id
+
+        try:
+            validate_env_id(env.id)
+        except ValueError as exc:
+            raise RecipeError(f"env.id: {exc}") from None
+        if env.options:
+            raise RecipeError("env.options holds a LeRobot env config's fields: set env.type, or remove them")
+    built_in_base = base.path is None
     checks = [
-        (recipe.env.num_envs >= 1, "env.num_envs must be >= 1"),
-        (recipe.base.n_action_steps <= recipe.base.horizon, "base.n_action_steps must be <= base.horizon"),
-        (recipe.base.type != "smolvla" or recipe.env.observation == "pixels_state" or recipe.base.path,
+        (env.num_envs >= 1, "env.num_envs must be >= 1"),
+        (base.n_action_steps <= base.horizon, "base.n_action_steps must be <= base.horizon"),
+        (not built_in_base or env.type is None,
+         "env.type (a LeRobot env) needs a LeRobot base: set base.path to a LeRobot checkpoint"),
+        (not built_in_base or env.type is not None or base.type != "smolvla" or env.observation == "pixels_state",
          "base.type 'smolvla' is trained on images: set env.observation: pixels_state"),
-        (recipe.env.observation == "state" or recipe.base.type == "smolvla",
-         f"env.observation '{recipe.env.observation}' gives image observations, which the built-in "
-         f"'{recipe.base.type}' policy cannot read: use base.type: smolvla"),
+        (not built_in_base or env.type is not None or env.observation == "state" or base.type == "smolvla",
+         f"env.observation '{env.observation}' gives image observations, which the built-in "
+         f"'{base.type}' policy cannot read: use base.type: smolvla"),
+        (base.revision is None or base.path is not None, "base.revision needs base.path (a Hub repo id)"),
         (recipe.head.bound > 0, "head.bound must be > 0"),
         (recipe.head.num_critics >= 1, "head.num_critics must be >= 1"),
         (0 < recipe.algorithm.gamma <= 1, "algorithm.gamma must be in (0, 1]"),
@@ -284,8 +349,14 @@ def validate_recipe(recipe: Recipe) -> None:
         (recipe.train.total_env_steps > 0, "train.total_env_steps must be > 0"),
         (recipe.train.eval_episodes >= 1, "train.eval_episodes must be >= 1"),
         (recipe.train.eval_best_of_k >= 1, "train.eval_best_of_k must be >= 1 (1 = no critic-guided selection)"),
-        (recipe.env.reward_mode != "sparse" or recipe.env.terminate_on_success,
+        (env.reward_mode != "sparse" or env.terminate_on_success,
          "env.reward_mode 'sparse' needs env.terminate_on_success: true (otherwise success keeps paying 0 forever)"),
+        (0.0 <= recipe.offline.fraction <= 1.0, "offline.fraction must be in [0, 1]"),
+        (recipe.offline.pretrain_updates >= 0, "offline.pretrain_updates must be >= 0"),
+        (recipe.offline.dataset is None or recipe.algorithm.name == "dsrl_na"
+         or (recipe.algorithm.name == "lpds" and recipe.algorithm.critic == "action"),
+         "offline.dataset trains the action critic Q^A, which only dsrl_na and lpds with algorithm.critic: action "
+         "have (offline data carries no latent for a latent critic)"),
     ]
     for ok, message in checks:
         if not ok:

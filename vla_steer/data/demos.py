@@ -1,7 +1,7 @@
 """Demonstrations as LeRobotDataset v3, written through LeRobot's own API and cached by content.
 
 ``generate_demonstrations`` rolls a scripted expert (with Gaussian action noise, to make a *mediocre*
-base on purpose) and writes ``observation.state`` / ``action`` / ``next.reward`` / ``next.success``
+base on purpose) and writes observation / ``action`` / ``next.reward`` / ``next.success`` / ``next.done``
 frames. The dataset directory is named by a hash of everything that determines its content, written to a
 temporary directory first and renamed when complete, so a rerun regenerates nothing and a crash leaves
 nothing half-written behind.
@@ -38,7 +38,8 @@ def _versions() -> dict[str, str]:
 
 
 def demo_cache_key(spec: dict) -> str:
-    payload = json.dumps({**spec, "versions": _versions(), "format": 1}, sort_keys=True)
+    # format 2: frames carry next.done
+    payload = json.dumps({**spec, "versions": _versions(), "format": 2}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -61,10 +62,6 @@ def generate_demonstrations(
     With ``observation_kwargs={"observation": "pixels_state", ...}`` the frames also hold the rendered camera
     (``observation.image``, stored as PNG frames) and the task text is the env's language instruction.
     """
-    import datasets
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    datasets.disable_progress_bars()  # one bar per episode from LeRobot's stats otherwise
     observation_kwargs = observation_kwargs or {"observation": "state"}
     pixels = observation_kwargs["observation"] == "pixels_state"
     spec = dict(env_id=env_id, num_episodes=num_episodes, action_noise=action_noise, seed=seed,
@@ -74,52 +71,100 @@ def generate_demonstrations(
     root = Path(cache_dir) / f"{env_id.replace('/', '_')}-{demo_cache_key(spec)}"
     if (root / COMPLETE_MARKER).is_file():
         return root
-    tmp_root = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp_root, ignore_errors=True)
-    tmp_root.parent.mkdir(parents=True, exist_ok=True)
-
     env = make_env(env_id, seed=seed, max_episode_steps=max_episode_steps, kwargs=env_kwargs, **observation_kwargs)
-    expert = make_expert(env_id)
-    rng = np.random.default_rng(seed)
     state_space = env.observation_space[STATE_KEY] if pixels else env.observation_space
-    obs_dim, act_dim = state_space.shape[0], env.action_space.shape[0]
-    features = {
-        "observation.state": {"dtype": "float32", "shape": (obs_dim,), "names": None},
-        "action": {"dtype": "float32", "shape": (act_dim,), "names": None},
-        "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
-        "next.success": {"dtype": "bool", "shape": (1,), "names": None},
-    }
+    features = {"observation.state": {"dtype": "float32", "shape": (state_space.shape[0],), "names": None}}
     if pixels:
         _, height, width = env.observation_space[IMAGE_KEY].shape
         features[IMAGE_KEY] = {"dtype": "image", "shape": (height, width, 3), "names": ["height", "width", "channels"]}
-    task = task_description(env_id) if pixels else env_id
-    dataset = LeRobotDataset.create(repo_id=f"vla_steer/{root.name}", fps=fps, features=features,
-                                    root=tmp_root, use_videos=False)
+
+    def frame_of(obs) -> dict:
+        if not pixels:
+            return {STATE_KEY: obs.astype(np.float32)}
+        return {STATE_KEY: obs[STATE_KEY], IMAGE_KEY: (obs[IMAGE_KEY].transpose(1, 2, 0) * 255).round().astype(np.uint8)}
+
+    expert = make_expert(env_id)
+    return _record(root, spec, env, features, frame_of, lambda obs: expert(env.flat_observation if pixels else obs, env),
+                   task=task_description(env_id) if pixels else env_id, num_episodes=num_episodes,
+                   action_noise=action_noise, seed=seed, only_successful=only_successful, fps=fps,
+                   show_progress=show_progress, desc=f"demos {env_id}")
+
+
+def generate_lerobot_env_demonstrations(
+    env_config, *, num_episodes: int, action_noise: float, seed: int, cache_dir: str | Path,
+    only_successful: bool = False, show_progress: bool = True,
+) -> Path:
+    """Scripted demonstrations on :class:`vla_steer.envs.lerobot_metaworld.FastMetaWorldEnvConfig`, written with
+    the keys LeRobot's env processing gives a policy (``observation.state``, ``observation.environment_state`` or
+    ``observation.image``), so ``lerobot-train`` can train on them and ``lerobot-eval`` evaluate on the same env."""
+    from dataclasses import asdict
+
+    from vla_steer.envs.lerobot_metaworld import MetaWorldLeRobotEnv
+
+    spec = dict(env_type=env_config.type, env=asdict(env_config) | {"features": None}, num_episodes=num_episodes,
+                action_noise=action_noise, seed=seed, only_successful=only_successful)
+    root = Path(cache_dir) / f"{env_config.type}_{env_config.task}-{demo_cache_key(spec)}"
+    env = MetaWorldLeRobotEnv(**env_config.gym_kwargs, seed=seed)
+    features = {}
+    for raw_key, feature in env_config.features.items():
+        if raw_key == "action":
+            continue
+        key = env_config.features_map[raw_key]
+        if raw_key == "pixels":
+            features[key] = {"dtype": "image", "shape": feature.shape, "names": ["height", "width", "channels"]}
+        else:
+            features[key] = {"dtype": "float32", "shape": feature.shape, "names": None}
+    to_key = {raw: env_config.features_map[raw] for raw in env_config.features if raw != "action"}
+    expert = make_expert("metaworld/" + env_config.task)
+    return _record(root, spec, env, features, lambda obs: {to_key[k]: v for k, v in obs.items()},
+                   lambda obs: expert(env.flat_observation, env), task=env.task_description,
+                   num_episodes=num_episodes, action_noise=action_noise, seed=seed, only_successful=only_successful,
+                   fps=env_config.fps, show_progress=show_progress, desc=f"demos {env_config.type}/{env_config.task}")
+
+
+def _record(root: Path, spec: dict, env, features: dict, frame_of, expert_action, *, task: str, num_episodes: int,
+            action_noise: float, seed: int, only_successful: bool, fps: int, show_progress: bool, desc: str) -> Path:
+    """Roll ``expert_action`` with Gaussian action noise in ``env`` and write the episodes to ``root`` atomically
+    (a ``.partial`` directory renamed when complete); returns ``root``. ``frame_of(obs)`` gives a frame's
+    observation entries, keyed as in ``features``."""
+    import datasets
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    datasets.disable_progress_bars()  # one bar per episode from LeRobot's stats otherwise
+    if (root / COMPLETE_MARKER).is_file():
+        env.close()
+        return root
+    tmp_root = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp_root, ignore_errors=True)
+    tmp_root.parent.mkdir(parents=True, exist_ok=True)
+    act_dim = env.action_space.shape[0]
+    features = {**features,
+                "action": {"dtype": "float32", "shape": (act_dim,), "names": None},
+                "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
+                "next.success": {"dtype": "bool", "shape": (1,), "names": None},
+                "next.done": {"dtype": "bool", "shape": (1,), "names": None}}
+    rng = np.random.default_rng(seed)
     low, high = env.action_space.low, env.action_space.high
     kept, attempts, successes = 0, 0, 0
-    progress = tqdm(total=num_episodes, desc=f"demos {env_id}", disable=not show_progress)
+    progress = tqdm(total=num_episodes, desc=desc, disable=not show_progress)
     try:
+        dataset = LeRobotDataset.create(repo_id=f"vla_steer/{root.name}", fps=fps, features=features,
+                                        root=tmp_root, use_videos=False)
         while kept < num_episodes:
             if attempts >= 20 * num_episodes:
-                raise RuntimeError(f"expert for {env_id} succeeded in only {successes}/{attempts} episodes; "
+                raise RuntimeError(f"the expert succeeded in only {successes}/{attempts} episodes; "
                                    "lower demos.action_noise or set demos.only_successful: false")
             obs, _ = env.reset(seed=seed + attempts)
             attempts += 1
-            frames, success = [], False
-            done = False
+            frames, success, done = [], False, False
             while not done:
-                action = expert(env.flat_observation if pixels else obs, env)
+                action = expert_action(obs)
                 action = np.clip(action + action_noise * rng.standard_normal(act_dim), low, high).astype(np.float32)
                 next_obs, reward, terminated, truncated, info = env.step(action)
                 success = success or info["is_success"]
-                frame = {"action": action, "next.reward": np.array([reward], np.float32),
-                         "next.success": np.array([info["is_success"]], bool)}
-                if pixels:
-                    frame[STATE_KEY] = obs[STATE_KEY]
-                    frame[IMAGE_KEY] = (obs[IMAGE_KEY].transpose(1, 2, 0) * 255).round().astype(np.uint8)
-                else:
-                    frame[STATE_KEY] = obs.astype(np.float32)
-                frames.append(frame)
+                frames.append({**frame_of(obs), "action": action, "next.reward": np.array([reward], np.float32),
+                               "next.success": np.array([info["is_success"]], bool),
+                               "next.done": np.array([terminated], bool)})
                 obs, done = next_obs, terminated or truncated
             successes += success
             if only_successful and not success:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections import deque
 from functools import lru_cache
 
 import gymnasium as gym
@@ -127,29 +128,70 @@ class ActionChunk(gym.Wrapper):
 
     Returns the last observation, the *sum* of the per-step rewards, and in ``info``: ``chunk_steps`` (rows
     actually executed) and ``is_success`` (true if any executed step succeeded).
+
+    ``n_obs_steps > 1``: the observation is the history of the last ``n_obs_steps`` env steps, stacked on a new
+    first axis, oldest first, filled with copies of the first observation after a reset. That is what LeRobot's
+    policies hold in their observation queues when they are called every env step, so a policy queried once per
+    chunk sees the frames it would have seen under ``lerobot-eval``.
+
+    ``keep_frames``: ``info["frames"]`` lists every executed step as ``{"observation": the observation the action
+    was taken from, "action", "reward", "success", "terminated"}`` (for recording rollouts as a dataset).
     """
 
-    def __init__(self, env, n_steps: int):
+    def __init__(self, env, n_steps: int, n_obs_steps: int = 1, keep_frames: bool = False):
         super().__init__(env)
-        self.n_steps = n_steps
+        self.n_steps, self.n_obs_steps, self.keep_frames = n_steps, n_obs_steps, keep_frames
         base = env.action_space
         self.action_space = gym.spaces.Box(
             np.broadcast_to(base.low, (n_steps, *base.shape)).astype(np.float32),
             np.broadcast_to(base.high, (n_steps, *base.shape)).astype(np.float32),
             dtype=np.float32,
         )
+        if n_obs_steps > 1:
+            self.observation_space = _stacked_space(env.observation_space, n_obs_steps)
+        self._history: deque = deque(maxlen=n_obs_steps)
+
+    def _observation(self):
+        if self.n_obs_steps == 1:
+            return self._history[-1]
+        frames = list(self._history)
+        if isinstance(frames[0], dict):
+            return {key: np.stack([frame[key] for frame in frames]) for key in frames[0]}
+        return np.stack(frames)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._history.extend([obs] * self.n_obs_steps)
+        return self._observation(), info
 
     def step(self, chunk):
-        total, success, info = 0.0, False, {}
-        obs = terminated = truncated = None
+        total, success, info, frames = 0.0, False, {}, []
+        terminated = truncated = None
         for k, action in enumerate(np.asarray(chunk)):
             obs, reward, terminated, truncated, info = self.env.step(action)
-            total += reward
             success = success or bool(info.get("is_success", False))
+            if self.keep_frames:
+                frames.append({"observation": self._history[-1], "action": np.asarray(action, np.float32),
+                               "reward": float(reward), "success": bool(info.get("is_success", False)),
+                               "terminated": bool(terminated)})
+            self._history.append(obs)
+            total += reward
             if terminated or truncated:
                 break
         info = dict(info, chunk_steps=k + 1, is_success=success)
-        return obs, total, terminated, truncated, info
+        if self.keep_frames:
+            info["frames"] = frames
+        return self._observation(), total, terminated, truncated, info
+
+
+def _stacked_space(space: gym.Space, n: int) -> gym.Space:
+    """``space`` with a new first axis of length ``n`` (per key for a Dict space)."""
+    if isinstance(space, gym.spaces.Dict):
+        return gym.spaces.Dict({key: _stacked_space(sub, n) for key, sub in space.spaces.items()})
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(f"observation history needs Box observations, got {space}")
+    return gym.spaces.Box(np.broadcast_to(space.low, (n, *space.shape)), np.broadcast_to(space.high, (n, *space.shape)),
+                          dtype=space.dtype)
 
 
 class PixelsAndState(gym.ObservationWrapper):
