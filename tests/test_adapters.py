@@ -29,7 +29,10 @@ def test_decode_matches_policy_predict_action_chunk(adapter):
     obs = torch.randn(3, 6)
     w = torch.randn(3, *adapter.noise_shape)
     reference = adapter.policy.predict_action_chunk(obs, noise=w)
-    torch.testing.assert_close(adapter.decode(adapter.encode(obs), w), reference, rtol=0, atol=1e-6)
+    ctx = adapter.encode(obs)
+    torch.testing.assert_close(adapter.decode_chunk(ctx, w), reference, rtol=0, atol=1e-6)
+    # the executed rows: the first n_action_steps of the chunk
+    torch.testing.assert_close(adapter.decode(ctx, w), reference[:, :3], rtol=0, atol=1e-6)
     lo, hi = adapter.policy.action_min, adapter.policy.action_max
     assert (reference >= lo - 1e-5).all() and (reference <= hi + 1e-5).all()
 

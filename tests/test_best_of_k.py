@@ -24,7 +24,7 @@ def test_best_of_k_picks_the_critic_argmax_and_evaluates(tiny_recipe, algorithm)
     repeated = adapter.repeat_context(context, k)
     proposals = algo.act(repeated.features)
     if algorithm["name"] == "lpds":
-        executed = adapter.decode(repeated, layout.to_noise(proposals))[:, : adapter.n_action_steps].flatten(1)
+        executed = adapter.decode(repeated, layout.to_noise(proposals)).flatten(1)
         q = algo.action_critic(repeated.features, executed).mean(0)
     else:
         q = latent_critic(algo)(repeated.features, proposals).mean(0)

@@ -104,7 +104,8 @@ def test_decode_matches_lerobot_select_action(diffusion):
     torch.testing.assert_close(ours, lerobot_chunk(diffusion.policy, [obs], w), rtol=0, atol=1e-5)
     # the slice is rows n_obs_steps - 1 onwards of the denoised horizon, as in generate_actions
     with torch.no_grad():
-        horizon = diffusion.denoise(diffusion.encode(obs), w)
+        horizon = diffusion.decode_chunk(diffusion.encode(obs), w)
+    assert horizon.shape == (3, 8, ACTION_DIM)
     torch.testing.assert_close(ours, horizon[:, 1:5], rtol=0, atol=0)
 
 
@@ -180,8 +181,9 @@ def test_base_stays_frozen_through_backward(diffusion):
                                         torch.randn(2, *diffusion.noise_shape))
 
 
-def test_processors_give_raw_inputs_and_env_space_actions():
-    """With LeRobot's pre/post processors the adapter maps raw observations to unnormalised actions."""
+def test_processors_around_the_adapter_give_env_space_actions():
+    """LeRobot's preprocessor before ``encode`` and postprocessor after ``decode`` map raw observations to the
+    unnormalised actions LeRobot's own pipeline gives; the adapter alone stays in the normalised space."""
     policy = tiny_diffusion_policy()
     stats = {
         "observation.state": {"min": -2 * torch.ones(STATE_DIM), "max": 3 * torch.ones(STATE_DIM)},
@@ -189,24 +191,20 @@ def test_processors_give_raw_inputs_and_env_space_actions():
         "action": {"min": torch.tensor([0.0, -5.0]), "max": torch.tensor([1.0, 5.0])},
     }
     preprocessor, postprocessor = make_diffusion_pre_post_processors(policy.config, dataset_stats=stats)
-    plain = DiffusionPolicyAdapter(policy, num_inference_steps=DDIM_STEPS)
-    raw = DiffusionPolicyAdapter(policy, num_inference_steps=DDIM_STEPS,
-                                 preprocessor=preprocessor, postprocessor=postprocessor)
+    adapter = DiffusionPolicyAdapter(policy, num_inference_steps=DDIM_STEPS)
     obs = observation(policy, 3, seed=10)
-    w = torch.randn(3, *plain.noise_shape)
-    actions = raw.decode(raw.encode(obs), w)
-    reference = postprocessor(lerobot_chunk(policy, [preprocessor(dict(obs))], w))
-    torch.testing.assert_close(actions, reference, rtol=0, atol=1e-5)
-    # without processors the adapter is in the policy's normalised space, like predict_action_chunk
-    normalised = plain.decode(plain.encode(preprocessor(dict(obs))), w)
+    w = torch.randn(3, *adapter.noise_shape)
+    processed = preprocessor(dict(obs))
+    normalised = adapter.decode(adapter.encode(processed), w)
+    actions = postprocessor(normalised)
+    torch.testing.assert_close(actions, postprocessor(lerobot_chunk(policy, [processed], w)), rtol=0, atol=1e-5)
     assert normalised.abs().max() <= 1.0 + 1e-6  # clip_sample keeps DDIM's estimate in [-1, 1]
-    torch.testing.assert_close(postprocessor(normalised), actions, rtol=0, atol=1e-5)
     assert (actions[..., 0] >= -1e-5).all() and (actions[..., 0] <= 1 + 1e-5).all()
     assert not torch.allclose(actions, normalised)
 
 
 def test_encode_rejects_flat_tensors(diffusion):
-    with pytest.raises(TypeError, match="dict of observation tensors"):
+    with pytest.raises(TypeError, match="dict of tensors"):
         diffusion.encode(torch.randn(2, STATE_DIM))
     with pytest.raises(ValueError, match="noise must be"):
         diffusion.decode(diffusion.encode(observation(diffusion.policy, 2, seed=11)), torch.randn(2, 4, ACTION_DIM))
@@ -248,7 +246,8 @@ def test_flow_head_matches_hand_written_euler():
     with torch.no_grad():
         for i in range(5):  # noise at t = 1, actions at t = 0, step -1/5
             x = x - 0.2 * head.velocity(x, torch.full((3,), 1.0 - i / 5), cond)
-    torch.testing.assert_close(head.decode(ctx, w), x[..., :REAL_DIM], rtol=0, atol=1e-6)
+    torch.testing.assert_close(head.decode_chunk(ctx, w), x[..., :REAL_DIM], rtol=0, atol=1e-6)
+    torch.testing.assert_close(head.decode(ctx, w), x[:, :2, :REAL_DIM], rtol=0, atol=1e-6)  # executed rows
     assert head.noise_shape == (CHUNK, PADDED_DIM) and head.action_dim == REAL_DIM and head.n_action_steps == 2
 
 
@@ -258,7 +257,7 @@ def test_flow_head_time_grid_runs_from_one_to_zero():
     head = FlowHeadAdapter(lambda x, t, cond: t[:, None, None] * a, lambda obs: obs,
                            noise_shape=(CHUNK, PADDED_DIM), feature_dim=OBS_DIM, num_steps=4)
     w = torch.randn(2, CHUNK, PADDED_DIM)
-    torch.testing.assert_close(head.decode(head.encode(torch.randn(2, OBS_DIM)), w), w - a * 5 / 8)
+    torch.testing.assert_close(head.decode_chunk(head.encode(torch.randn(2, OBS_DIM)), w), w - a * 5 / 8)
 
 
 def test_flow_head_determinism_and_k_draws():
@@ -289,15 +288,18 @@ def test_flow_head_feature_fn_and_unstorable_cond():
         return x * cond["tokens"].mean(dim=(1, 2))[:, None, None] + t[:, None, None]
 
     head = FlowHeadAdapter(velocity, encoder, noise_shape=(CHUNK, PADDED_DIM), feature_dim=OBS_DIM,
-                           feature_fn=lambda obs, cond: cond["tokens"].mean(dim=1))
+                           feature_fn=lambda obs, cond: cond["tokens"].mean(dim=1), storable_decode_state=False)
     obs = torch.randn(2, OBS_DIM)
     ctx = head.encode(obs)
-    assert calls == [1] and not ctx.storable
+    assert calls == [1] and not head.storable_decode_state and not ctx.storable
     torch.testing.assert_close(ctx.features, obs)
     w = torch.randn(4, CHUNK, PADDED_DIM)
     assert head.decode(head.repeat_context(ctx, 2), w).shape == (4, CHUNK, PADDED_DIM) and calls == [1]
     with pytest.raises(ValueError, match="feature_fn"):
         FlowHeadAdapter(velocity, encoder, noise_shape=(CHUNK, PADDED_DIM), feature_dim=OBS_DIM).encode(obs)
+    with pytest.raises(ValueError, match="storable_decode_state=False"):  # a dict cannot be declared storable
+        FlowHeadAdapter(velocity, encoder, noise_shape=(CHUNK, PADDED_DIM), feature_dim=OBS_DIM,
+                        feature_fn=lambda obs, cond: cond["tokens"].mean(dim=1)).encode(obs)
 
 
 def test_flow_head_is_frozen():

@@ -106,18 +106,18 @@ def test_smolvla_unmerged_lora_steers_like_the_peft_policy(smolvla_lora):
     batch = tiny_smolvla_batch(adapter.policy, 3, seed=2)
     w = noise(adapter, 3, seed=3)
     ctx = adapter.encode(batch)
-    ours = adapter.decode(ctx, w)
+    ours = adapter.decode_chunk(ctx, w)
     reference = peft_model.predict_action_chunk(dict(batch), noise=w.clone())  # PEFT forwards to the policy
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
 
     base_adapter = SmolVLAAdapter(base)
     base_ctx = base_adapter.encode(batch)
-    base_actions = base_adapter.decode(base_ctx, w)
+    base_actions = base_adapter.decode_chunk(base_ctx, w)
     assert not torch.allclose(ours, base_actions, atol=1e-3), "LoRA must change the actions"
     assert not torch.allclose(ctx.features, base_ctx.features, atol=1e-4), "LoRA reaches the prefix too"
     # The wrapper's switches still act on the layers the adapter runs.
     with peft_model.disable_adapter():
-        torch.testing.assert_close(adapter.decode(adapter.encode(batch), w), base_actions, rtol=0, atol=1e-5)
+        torch.testing.assert_close(adapter.decode_chunk(adapter.encode(batch), w), base_actions, rtol=0, atol=1e-5)
 
 
 def test_smolvla_merged_lora_steers_like_unmerged(smolvla_lora):
@@ -126,14 +126,14 @@ def test_smolvla_merged_lora_steers_like_unmerged(smolvla_lora):
     batch = tiny_smolvla_batch(adapter.policy, 3, seed=4)
     w = noise(adapter, 3, seed=5)
     ctx = adapter.encode(batch)
-    unmerged, features = adapter.decode(ctx, w), ctx.features
+    unmerged, features = adapter.decode_chunk(ctx, w), ctx.features
 
     merged = peft_model.merge_and_unload()
     assert isinstance(merged, SmolVLAPolicy) and not lora_parameters(merged)
     merged_adapter = SmolVLAAdapter(merged)
     merged_ctx = merged_adapter.encode(batch)
     torch.testing.assert_close(merged_ctx.features, features, rtol=0, atol=1e-5)
-    torch.testing.assert_close(merged_adapter.decode(merged_ctx, w), unmerged, rtol=0, atol=1e-5)
+    torch.testing.assert_close(merged_adapter.decode_chunk(merged_ctx, w), unmerged, rtol=0, atol=1e-5)
     torch.testing.assert_close(merged.predict_action_chunk(dict(batch), noise=w.clone()), unmerged, rtol=0, atol=1e-5)
 
 

@@ -103,9 +103,28 @@ def test_shapes_and_context(adapter):
                                    observation(3, seed=1)["observation.state"], rtol=0, atol=0)
     else:
         assert ctx.decode_state.state is None
-    assert adapter.decode(ctx, noise(3, seed=2)).shape == (3, CHUNK, ACTION_DIM)
+    assert adapter.decode_chunk(ctx, noise(3, seed=2)).shape == (3, CHUNK, ACTION_DIM)
+    assert adapter.decode(ctx, noise(3, seed=2)).shape == (3, 3, ACTION_DIM)  # the executed rows
     with pytest.raises(ValueError, match="padded action dims"):
         adapter.decode(ctx, torch.randn(3, CHUNK, ACTION_DIM))
+
+
+def test_declared_capabilities(adapter):
+    """Checkable before any rollout: a KV-cache context (not storable), one observation step, and the keys a
+    preprocessed batch must hold (pi0.5's state is already text in the prompt)."""
+    assert not type(adapter).storable_decode_state and adapter.n_obs_steps == 1
+    state = ("observation.state",) if adapter.family == "pi0" else ()
+    language = ("observation.language.tokens", "observation.language.attention_mask")
+    assert adapter.required_observation_keys == (*state, *language)
+    obs = observation(2, seed=30)
+    assert adapter.missing_observation_keys(obs) == []
+    no_cameras = {k: v for k, v in obs.items() if not k.startswith("observation.images.")}
+    assert adapter.missing_observation_keys(no_cameras) == [
+        "one of the cameras (observation.images.cam0, observation.images.cam1)"]
+    with pytest.raises(ValueError, match="TokenizerProcessorStep"):
+        adapter.encode({k: v for k, v in obs.items() if k != "observation.language.tokens"})
+    with pytest.raises(NotImplementedError, match="re-encode"):
+        adapter.context_from_storage(adapter.encode(obs).features, torch.zeros(2, 1))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -115,8 +134,10 @@ def test_decode_matches_lerobot_predict_action_chunk(family, dtype):
     adapter = make_adapter(family, dtype=dtype)
     policy = adapter.policy
     obs, w = observation(3, seed=3), noise(3, seed=4)
-    ours = adapter.decode(adapter.encode(obs), w)
+    ctx = adapter.encode(obs)
+    ours = adapter.decode_chunk(ctx, w)
     torch.testing.assert_close(ours, policy.predict_action_chunk(dict(obs), noise=w), rtol=0, atol=1e-5)
+    torch.testing.assert_close(adapter.decode(ctx, w), ours[:, : adapter.n_action_steps], rtol=0, atol=0)
     # the padded chunk equals PI0Pytorch.sample_actions before LeRobot's unpadding
     images, img_masks = policy._preprocess_images(obs)
     tokens, masks = obs["observation.language.tokens"], obs["observation.language.attention_mask"]
@@ -126,7 +147,7 @@ def test_decode_matches_lerobot_predict_action_chunk(family, dtype):
     torch.testing.assert_close(padded, policy.model.sample_actions(*args, noise=w), rtol=0, atol=1e-5)
     # a missing camera becomes an empty, masked image in both
     one_camera = {k: v for k, v in obs.items() if k != "observation.images.cam1"}
-    torch.testing.assert_close(adapter.decode(adapter.encode(one_camera), w),
+    torch.testing.assert_close(adapter.decode_chunk(adapter.encode(one_camera), w),
                                policy.predict_action_chunk(dict(one_camera), noise=w), rtol=0, atol=1e-5)
 
 
@@ -139,12 +160,12 @@ def test_num_inference_steps_override(family):
     if family == "pi0":
         args.append(adapter.policy.prepare_state(obs))
     reference = adapter.policy.model.sample_actions(*args, noise=w, num_steps=2)[:, :, :ACTION_DIM]
-    ours = adapter.decode(adapter.encode(obs), w)
+    ours = adapter.decode_chunk(adapter.encode(obs), w)
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
     # written back to the config: the policy's own sampling follows the adapter
     assert adapter.policy.config.num_inference_steps == 2
     torch.testing.assert_close(ours, adapter.policy.predict_action_chunk(dict(obs), noise=w), rtol=0, atol=1e-5)
-    assert not torch.allclose(ours, make_adapter(family).decode(make_adapter(family).encode(obs), w), atol=1e-4)
+    assert not torch.allclose(ours, make_adapter(family).decode_chunk(make_adapter(family).encode(obs), w), atol=1e-4)
     with pytest.raises(ValueError, match="num_inference_steps"):
         make_adapter(family, num_inference_steps=0)
 
@@ -267,13 +288,13 @@ def test_pi0_state_features_can_be_dropped():
 
 
 @pytest.mark.parametrize("family", ["pi0", "pi05"])
-def test_processors_take_raw_observations_and_a_task(family):
-    """With LeRobot's pre/post pipelines (a local tokenizer in place of PaliGemma's) the adapter maps raw
+def test_processors_around_the_adapter_take_raw_observations_and_a_task(family):
+    """LeRobot's pre/post pipelines (a local tokenizer in place of PaliGemma's) around the adapter map raw
     observations plus a task string to unnormalised actions, like the pipelines around predict_action_chunk."""
     torch.manual_seed(0)  # room for pi0.5's prompt: task words + 32 state bins + "Action:"
     policy = make_pi_policy(family, cameras=CAMERAS, state_dim=STATE_DIM, action_dim=ACTION_DIM,
                             tokenizer_max_length=48)
-    plain = ADAPTERS[family](policy)
+    adapter = ADAPTERS[family](policy)
     ones = lambda d: torch.ones(d)  # noqa: E731
     stats = {
         "observation.state": {"mean": ones(STATE_DIM), "std": 2 * ones(STATE_DIM),
@@ -282,19 +303,18 @@ def test_processors_take_raw_observations_and_a_task(family):
                    "q01": torch.tensor([-1.0, -10.0, 0.0]), "q99": torch.tensor([1.0, 10.0, 0.5])},
     }
     pre, post = make_pi_processors(policy.config, stats)
-    adapter = ADAPTERS[family](policy, preprocessor=pre, postprocessor=post)
     raw = {key: value for key, value in observation(2, seed=26).items() if not key.startswith("observation.lang")}
     raw["task"] = ["pick the red cube", "push the blue block"]
+    assert adapter.missing_observation_keys(raw)  # a raw batch lacks the language tokens
     w = noise(2, seed=27)
-    actions = adapter.decode(adapter.encode(dict(raw)), w)
+    actions = post(adapter.decode_chunk(adapter.encode(pre(dict(raw))), w))
     reference = post(policy.predict_action_chunk(pre(dict(raw)), noise=w))
     torch.testing.assert_close(actions, reference, rtol=0, atol=1e-5)
-    torch.testing.assert_close(post(plain.decode(plain.encode(pre(dict(raw))), w)), actions, rtol=0, atol=1e-5)
     # the task and the state reach the features (pi0.5: through the binned state in the prompt)
-    other_task = adapter.encode({**raw, "task": ["place the red cube", "push the blue block"]}).features
-    features = adapter.encode(dict(raw)).features
+    other_task = adapter.encode(pre({**raw, "task": ["place the red cube", "push the blue block"]})).features
+    features = adapter.encode(pre(dict(raw))).features
     assert not torch.allclose(other_task[0], features[0]) and torch.allclose(other_task[1], features[1], atol=1e-6)
-    moved = adapter.encode({**raw, "observation.state": raw["observation.state"] + 1.5}).features
+    moved = adapter.encode(pre({**raw, "observation.state": raw["observation.state"] + 1.5})).features
     assert not torch.allclose(moved, features, atol=1e-4)
 
 

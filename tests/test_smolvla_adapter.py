@@ -50,24 +50,27 @@ def test_shapes_and_context(adapter):
     assert sorted(cache) == [0, 1] and pad_masks.shape[0] == 3  # one entry per VLM layer
     # 4 image tokens + the longest task (5 words) + 1 state token
     assert cache[0]["key_states"].shape[:2] == (3, 10) and pad_masks.shape == (3, 10)
-    assert adapter.decode(ctx, noise(adapter, 3, 1)).shape == (3, 8, ACTION_DIM)
+    assert adapter.decode_chunk(ctx, noise(adapter, 3, 1)).shape == (3, 8, ACTION_DIM)
+    assert adapter.decode(ctx, noise(adapter, 3, 1)).shape == (3, 4, ACTION_DIM)  # the executed rows
     with pytest.raises(NotImplementedError, match="re-encode"):
         adapter.context_from_storage(ctx.features, torch.zeros(3, 1))
 
 
 def test_decode_matches_lerobot(adapter):
-    """(a) the adapter's chunk is LeRobot's predict_action_chunk / select_action chunk for the same noise."""
+    """(a) the adapter's chunk is LeRobot's predict_action_chunk, its executed rows the select_action ones, for the
+    same noise."""
     policy = adapter.policy
     batch = tiny_smolvla_batch(policy, 3, seed=2)
     w = noise(adapter, 3, 3)
-    ours = adapter.decode(adapter.encode(batch), w)
+    ctx = adapter.encode(batch)
+    chunk, ours = adapter.decode_chunk(ctx, w), adapter.decode(ctx, w)
     reference = policy.predict_action_chunk(dict(batch), noise=w.clone())
-    assert reference.shape == ours.shape == (3, 8, ACTION_DIM)
-    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+    assert reference.shape == chunk.shape == (3, 8, ACTION_DIM)
+    torch.testing.assert_close(chunk, reference, rtol=0, atol=1e-5)
     policy.reset()
     executed = [policy.select_action(dict(batch), noise=w.clone())]
     executed += [policy.select_action(dict(batch)) for _ in range(policy.config.n_action_steps - 1)]
-    torch.testing.assert_close(ours[:, : adapter.n_action_steps], torch.stack(executed, dim=1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours, torch.stack(executed, dim=1), rtol=0, atol=1e-5)
     policy.reset()
     # the padded noise dims reach the expert, so they are part of the steering space
     w_pad = w.clone()
@@ -86,12 +89,12 @@ def test_prefix_padding_to_prefix_length(adapter):
     try:
         padded = adapter.encode(batch)
         assert padded.decode_state["prefix_pad_masks"].shape == (2, 16)
-        ours = adapter.decode(padded, w)
+        ours = adapter.decode_chunk(padded, w)
         torch.testing.assert_close(ours, policy.predict_action_chunk(dict(batch), noise=w.clone()), rtol=0, atol=1e-5)
     finally:
         policy.model.prefix_length = -1
     torch.testing.assert_close(padded.features, plain.features, rtol=0, atol=1e-5)
-    torch.testing.assert_close(ours, adapter.decode(plain, w), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours, adapter.decode_chunk(plain, w), rtol=0, atol=1e-5)
 
 
 def test_decode_is_deterministic_in_noise(adapter):
@@ -202,25 +205,25 @@ def test_wrong_inputs_raise_clear_errors(adapter):
         adapter.decode(ctx, noise(adapter, 3, 0))
 
 
-def test_processors_give_raw_inputs_and_env_space_actions(vlm_dir):
-    """With LeRobot's pre/post processors the adapter takes raw observations + task text, returns raw actions."""
+def test_processors_around_the_adapter_give_env_space_actions(vlm_dir):
+    """LeRobot's preprocessor (task text -> tokens, normalised state) before ``encode`` and postprocessor after
+    decoding give the unnormalised actions of LeRobot's own pipeline; the adapter alone stays normalised."""
     policy = tiny_smolvla_policy(vlm_dir, seed=1)
     stats = {
         OBS_STATE: {"mean": torch.tensor([1.0, -1.0, 0.5, 0.0]), "std": torch.tensor([2.0, 0.5, 1.0, 3.0])},
         "action": {"mean": torch.tensor([0.3, -2.0]), "std": torch.tensor([0.1, 4.0])},
     }
     preprocessor, postprocessor = make_smolvla_pre_post_processors(policy.config, dataset_stats=stats)
-    plain = SmolVLAAdapter(policy)
-    raw = SmolVLAAdapter(policy, preprocessor=preprocessor, postprocessor=postprocessor)
+    adapter = SmolVLAAdapter(policy)
     g = torch.Generator().manual_seed(18)
     observation = {OBS_STATE: torch.randn(2, 4, generator=g), CAMERA: torch.rand(2, 3, 24, 40, generator=g),
                    "task": ["pick up the red cube", "open the drawer"]}
-    w = noise(plain, 2, 19)
-    actions = raw.decode(raw.encode(observation), w)
+    w = noise(adapter, 2, 19)
     processed = preprocessor(dict(observation))
-    reference = postprocessor(policy.predict_action_chunk(processed, noise=w.clone()))
+    normalised = adapter.decode_chunk(adapter.encode(processed), w)
+    actions = postprocessor(normalised)
+    reference = postprocessor(policy.predict_action_chunk(dict(processed), noise=w.clone()))
     torch.testing.assert_close(actions, reference, rtol=0, atol=1e-5)
-    normalised = plain.decode(plain.encode(preprocessor(dict(observation))), w)
     torch.testing.assert_close(normalised * stats["action"]["std"] + stats["action"]["mean"], actions,
                                rtol=0, atol=1e-5)
     assert not torch.allclose(actions, normalised)
@@ -236,7 +239,7 @@ def test_pi_aloha_transform_and_num_steps_override(vlm_dir):
     batch[OBS_STATE] = torch.rand(2, 14) * 0.03 + 0.02  # grippers (6, 13) inside Aloha's linear range
     state = batch[OBS_STATE].clone()
     w = noise(adapter, 2, 21)
-    ours = adapter.decode(adapter.encode(batch), w)
+    ours = adapter.decode_chunk(adapter.encode(batch), w)
     assert torch.equal(batch[OBS_STATE], state), "the adapter must not convert the caller's state in place"
     reference = policy.predict_action_chunk({**batch, OBS_STATE: state.clone()}, noise=w.clone())
     assert ours.shape == (2, 8, 14)

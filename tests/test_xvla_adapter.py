@@ -70,7 +70,8 @@ def test_shapes_and_context(adapter):
     assert state["vlm_features"].shape == (3, IMAGE_TOKENS + 12, TEXT_HIDDEN)
     assert state["aux_visual_inputs"].shape == (3, 2 * IMAGE_TOKENS, TEXT_HIDDEN)
     assert state["proprio"].shape == (3, MAX_STATE_DIM) and torch.equal(state["domain_id"], torch.zeros(3).long())
-    assert adapter.decode(ctx, noise(adapter, 3, 1)).shape == (3, CHUNK, ACTION_DIM)
+    assert adapter.decode_chunk(ctx, noise(adapter, 3, 1)).shape == (3, CHUNK, ACTION_DIM)
+    assert adapter.decode(ctx, noise(adapter, 3, 1)).shape == (3, 4, ACTION_DIM)  # the executed rows
     with pytest.raises(NotImplementedError, match="re-encode"):
         adapter.context_from_storage(ctx.features, torch.zeros(3, 1))
 
@@ -81,7 +82,7 @@ def test_decode_matches_lerobot(adapter):
     policy = adapter.policy
     batch = tiny_xvla_batch(policy, 3, seed=2)
     w, reference = lerobot_chunk(policy, batch, seed=3)
-    ours = adapter.decode(adapter.encode(batch), w)
+    ours = adapter.decode_chunk(adapter.encode(batch), w)
     assert reference.shape == ours.shape == (3, CHUNK, ACTION_DIM)
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
 
@@ -95,17 +96,17 @@ def test_decode_matches_lerobot(adapter):
     generated = policy.model.generate_actions(**inputs, steps=policy.config.num_denoising_steps)
     torch.testing.assert_close(ours, generated, rtol=0, atol=1e-5)
 
-    # select_action executes the first n_action_steps rows of that chunk
+    # select_action executes the rows decode returns, the first n_action_steps of that chunk
     policy.reset()
     torch.manual_seed(3)
     executed = torch.stack([policy.select_action(dict(batch)) for _ in range(policy.config.n_action_steps)], dim=1)
     policy.reset()
-    torch.testing.assert_close(ours[:, : adapter.n_action_steps], executed, rtol=0, atol=1e-5)
+    torch.testing.assert_close(adapter.decode(adapter.encode(batch), w), executed, rtol=0, atol=1e-5)
 
     # the padded noise dims of the "auto" action space reach the transformer: they are part of the steering space
     w_pad = w.clone()
     w_pad[..., ACTION_DIM:] = 0.0
-    assert not torch.allclose(adapter.decode(adapter.encode(batch), w_pad), ours, atol=1e-4)
+    assert not torch.allclose(adapter.decode_chunk(adapter.encode(batch), w_pad), ours, atol=1e-4)
 
 
 def test_decode_is_deterministic_in_noise(adapter):
@@ -248,9 +249,9 @@ def test_domain_id_and_num_denoising_steps_override():
     w, reference = lerobot_chunk(policy, batch, seed=19)
     ctx = adapter.encode(batch)
     assert torch.equal(ctx.decode_state["domain_id"], torch.tensor([1, 2]))
-    ours = adapter.decode(ctx, w)
+    ours = adapter.decode_chunk(ctx, w)
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
-    default_domain = adapter.decode(adapter.encode({k: v for k, v in batch.items() if k != "domain_id"}), w)
+    default_domain = adapter.decode_chunk(adapter.encode({k: v for k, v in batch.items() if k != "domain_id"}), w)
     assert not torch.allclose(ours, default_domain, atol=1e-4)
 
 
@@ -263,7 +264,7 @@ def test_bfloat16_policy():
     assert w.dtype == reference.dtype == torch.bfloat16
     ctx = adapter.encode(batch)
     assert ctx.features.dtype == torch.float32
-    torch.testing.assert_close(adapter.decode(ctx, w.float()), reference, rtol=0, atol=0)
+    torch.testing.assert_close(adapter.decode_chunk(ctx, w.float()), reference, rtol=0, atol=0)
 
 
 def test_ee6d_action_space():
@@ -277,19 +278,19 @@ def test_ee6d_action_space():
     ctx = adapter.encode(batch)
     assert ctx.decode_state["aux_visual_inputs"].shape == (2, 0, TEXT_HIDDEN)  # one view: no aux tokens
     w, reference = lerobot_chunk(policy, batch, seed=21)
-    ours = adapter.decode(ctx, w)
+    ours = adapter.decode_chunk(ctx, w)
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
     grippers = ours[..., [9, 19]]
     assert ((grippers > 0) & (grippers < 1)).all()
     w_grip = w.clone()
     w_grip[..., [9, 19]] = 5.0
-    assert torch.equal(adapter.decode(ctx, w_grip), ours)
+    assert torch.equal(adapter.decode_chunk(ctx, w_grip), ours)
     assert adapter.repeat_context(ctx, 2).decode_state["aux_visual_inputs"].shape == (4, 0, TEXT_HIDDEN)
 
 
-def test_processors_give_raw_inputs_and_env_space_actions():
-    """With LeRobot's X-VLA processor steps (tokenizer given as an object: no download) the adapter takes raw
-    observations + task text and returns unnormalised actions."""
+def test_processors_around_the_adapter_give_env_space_actions():
+    """LeRobot's X-VLA processor steps (tokenizer given as an object: no download) before ``encode`` and the
+    unnormaliser after decoding give the actions of LeRobot's own pipeline; the adapter alone stays normalised."""
     from lerobot.policies.xvla.processor_xvla import (XVLAAddDomainIdProcessorStep, XVLAImageNetNormalizeProcessorStep,
                                                       XVLAImageToFloatProcessorStep)
     from lerobot.processor import (AddBatchDimensionProcessorStep, DeviceProcessorStep, NormalizerProcessorStep,
@@ -321,8 +322,7 @@ def test_processors_give_raw_inputs_and_env_space_actions():
                                          stats=stats), DeviceProcessorStep(device="cpu")],
         to_transition=policy_action_to_transition, to_output=transition_to_policy_action)
 
-    plain = XVLAAdapter(policy)
-    raw = XVLAAdapter(policy, preprocessor=preprocessor, postprocessor=postprocessor)
+    adapter = XVLAAdapter(policy)
     g = torch.Generator().manual_seed(22)
     observation = {OBS_STATE: torch.randn(2, 5, generator=g), CAMERA: torch.rand(2, 3, 24, 40, generator=g),
                    "observation.images.cam1": torch.rand(2, 3, 24, 40, generator=g),
@@ -330,9 +330,9 @@ def test_processors_give_raw_inputs_and_env_space_actions():
     processed = preprocessor(dict(observation))
     assert torch.equal(processed[OBS_LANGUAGE_TOKENS], tokenize_tasks(policy, observation["task"])[OBS_LANGUAGE_TOKENS])
     w, reference = lerobot_chunk(policy, processed, seed=23)
-    actions = raw.decode(raw.encode(observation), w)
+    normalised = adapter.decode_chunk(adapter.encode(processed), w)
+    actions = postprocessor(normalised)
     torch.testing.assert_close(actions, postprocessor(reference), rtol=0, atol=1e-5)
-    normalised = plain.decode(plain.encode(processed), w)
     torch.testing.assert_close(normalised * stats["action"]["std"] + stats["action"]["mean"], actions,
                                rtol=0, atol=1e-5)
     assert not torch.allclose(actions, normalised)

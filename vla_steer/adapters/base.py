@@ -1,14 +1,35 @@
 """The adapter protocol: how a frozen generative policy exposes its noise input and its embeddings.
 
-An adapter answers four questions about one family of frozen policies and nothing else:
+An adapter answers a few questions about one family of frozen policies and nothing else.
+
+Capabilities, declared on the class (or the constructed adapter) and checkable before any rollout:
+
+* ``storable_decode_state``: whether ``Context.decode_state`` is a small ``[B, C]`` tensor the replay buffer
+  keeps (the built-in policies, LeRobot's DiffusionPolicy, a flow head over a vector), so algorithms can decode
+  from stored transitions; KV-cache contexts (SmolVLA, pi0 / pi0.5, X-VLA) are not storable and must be
+  re-encoded. Every ``Context`` an adapter builds carries the same flag as ``Context.storable``.
+* ``n_obs_steps``: how many observation steps ``encode`` reads (1 unless the policy keeps a history, as
+  DiffusionPolicy does; then each entry may be ``[B, n_obs_steps, ...]``).
+* ``required_observation_keys`` / ``missing_observation_keys(observation)``: what a batch must hold; the second
+  returns readable descriptions of what is missing (empty: ``encode`` will accept the keys).
+
+Shapes and the two halves of sampling:
 
 * ``noise_shape``: the shape of the initial noise one action chunk is denoised from, ``(chunk, action_dim)``
   including any padded action dimensions (pi0 pads to 32).
 * ``encode(obs) -> Context``: one pass through the expensive part (a VLM prefix, an observation encoder).
-  ``Context.features`` is what the steering head sees; ``Context.decode_state`` is what ``decode`` needs
+  ``Context.features`` is what the steering head sees; ``Context.decode_state`` is what decoding needs
   (a KV cache, a conditioning vector).
-* ``decode(context, noise) -> actions``: deterministic given the noise (DDIM with eta = 0, Euler ODE).
+* ``decode(context, noise) -> [B, n_action_steps, action_dim]``: the rows the policy executes, the same way for
+  every adapter (for DiffusionPolicy the rows from ``n_obs_steps - 1`` on, as LeRobot slices them).
+  ``decode_chunk(context, noise) -> [B, chunk, action_dim]`` is the whole denoised chunk. Both are deterministic
+  given the noise (DDIM with eta = 0, Euler ODE) and differentiable in it.
 * ``repeat_context(context, k)``: ``k`` noise draws per observation share one encode.
+
+Processors live outside the adapter. A LeRobot adapter takes the policy's *preprocessed* batch (normalised state,
+images in [0, 1], language tokens) and returns *normalised* actions: exactly what the policy's own
+``predict_action_chunk`` takes and returns. Run LeRobot's preprocessor before ``encode`` and its postprocessor
+after ``decode``.
 
 The steering head never sees the full noise tensor directly; it outputs a *latent* that a
 :class:`LatentLayout` expands to ``noise_shape`` (the full chunk, or one row tiled over the chunk as in
@@ -40,13 +61,14 @@ class Context:
     """What one ``encode`` produced for a batch of ``B`` observations.
 
     ``features``: ``[B, F]`` float tensor for the steering head; always small enough to store in a buffer.
-    ``decode_state``: anything ``decode`` needs. When ``storable`` is true it is a ``[B, C]`` tensor that the
-    replay buffer keeps, so algorithms can decode from stored transitions without re-encoding.
+    ``decode_state``: anything decoding needs. ``storable`` is the adapter's ``storable_decode_state``: when true,
+    ``decode_state`` is a ``[B, C]`` tensor that the replay buffer keeps, so algorithms can decode from stored
+    transitions without re-encoding.
     """
 
     features: torch.Tensor
     decode_state: Any
-    storable: bool = True
+    storable: bool
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -59,6 +81,24 @@ class SteerableAdapter(abc.ABC):
 
     #: short name used in configs and in the hub format
     family: str = "abstract"
+
+    #: True when ``Context.decode_state`` is a small ``[B, C]`` tensor the replay buffer can keep; False for
+    #: contexts holding a KV cache or token states, which must be re-encoded instead
+    storable_decode_state: bool = False
+
+    @property
+    def n_obs_steps(self) -> int:
+        """Observation steps ``encode`` reads; above 1 each entry may be a history ``[B, n_obs_steps, ...]``."""
+        return 1
+
+    @property
+    def required_observation_keys(self) -> tuple[str, ...]:
+        """Keys every (preprocessed) observation batch must hold; empty when ``encode`` takes a plain tensor."""
+        return ()
+
+    def missing_observation_keys(self, observation: dict[str, Any]) -> list[str]:
+        """Readable descriptions of what ``observation`` lacks for ``encode``; empty when nothing is missing."""
+        return [key for key in self.required_observation_keys if key not in observation]
 
     @property
     @abc.abstractmethod
@@ -85,11 +125,25 @@ class SteerableAdapter(abc.ABC):
         """One pass through the expensive part of the policy for a batch of observations."""
 
     @abc.abstractmethod
+    def decode_chunk(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
+        """Denoise ``noise`` ``[B, *noise_shape]`` into the whole chunk ``[B, chunk, action_dim]``; deterministic."""
+
     def decode(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
-        """Denoise ``noise`` ``[B, *noise_shape]`` into actions ``[B, chunk, action_dim]``; deterministic."""
+        """The executed rows of :meth:`decode_chunk`: ``[B, n_action_steps, action_dim]``.
+
+        A chunk's first ``n_obs_steps - 1`` rows belong to the observation history (Diffusion Policy's
+        convention; none for single-step policies), so execution starts at row ``n_obs_steps - 1``.
+        """
+        start = self.n_obs_steps - 1
+        return self.decode_chunk(context, noise)[:, start:start + self.n_action_steps]
 
     def context_from_storage(self, features: torch.Tensor, decode_state: torch.Tensor) -> Context:
         """Rebuild a context from tensors the replay buffer stored (only for storable contexts)."""
+        if not self.storable_decode_state:
+            raise NotImplementedError(
+                f"{type(self).__name__} contexts are not stored in the replay buffer (storable_decode_state is "
+                "False); re-encode the observation"
+            )
         return Context(features=features, decode_state=decode_state, storable=True)
 
     def repeat_context(self, context: Context, k: int) -> Context:

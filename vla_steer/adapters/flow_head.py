@@ -6,11 +6,13 @@ This is the shape of OpenVLA-OFT-style continuous heads and of most home-made fl
   ``cond`` is usually a ``[B, C]`` tensor but may be anything ``velocity`` understands (token states, a dict).
 * ``velocity(x_t, t, cond) -> v``: the denoiser, ``x_t`` and ``v`` of shape ``[B, chunk, dim]``.
 
-Time convention (LeRobot pi0's): the noise sits at ``t = 1`` and the actions at ``t = 0``. With
-``N = num_steps`` and ``dt = -1 / N``, Euler integration runs ``x <- x + dt * velocity(x, t, cond)`` for
-``t = 1, 1 - 1/N, ..., 1/N`` (``t = 1 + i * dt`` for step ``i``), and ``t`` reaches the velocity field as a
-float32 tensor of shape ``[B]``. A head trained with the opposite convention (noise at ``t = 0``, as in
-GR00T) needs a wrapper that maps ``t -> 1 - t`` and flips the sign of ``v``.
+Time convention (LeRobot pi0's, :func:`~vla_steer.policies.flow.euler_integrate`): the noise sits at ``t = 1``
+and the actions at ``t = 0``. With ``N = num_steps`` and ``dt = -1 / N``, Euler integration runs
+``x <- x + dt * velocity(x, t, cond)`` for ``t = 1, 1 - 1/N, ..., 1/N`` (``t = 1 + i * dt`` for step ``i``), and
+``t`` reaches the velocity field as a float32 tensor of shape ``[B]``. A head trained with the opposite convention
+(noise at ``t = 0``, as in GR00T) needs a wrapper that maps ``t -> 1 - t`` and flips the sign of ``v``.
+
+``decode_chunk`` returns the whole chunk, ``decode`` its first ``n_action_steps`` rows.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from vla_steer.adapters.base import Context, SteerableAdapter
+from vla_steer.policies.flow import euler_integrate
 
 
 def _freeze(module: Any) -> Any:
@@ -39,16 +42,19 @@ class FlowHeadAdapter(SteerableAdapter):
         feature_dim: width of ``Context.features``.
         num_steps: Euler steps per decode.
         n_action_steps: rows of a chunk executed per query (default: the whole chunk).
-        action_dim: real action width; ``decode`` drops the padded trailing dimensions (default: ``dim``).
+        action_dim: real action width; decoding drops the padded trailing dimensions (default: ``dim``).
         feature_fn: ``feature_fn(observation, cond) -> [B, feature_dim]`` when the head should see something
             other than ``cond`` (e.g. a pooled token sequence); it gets ``cond`` so the encoder still runs once.
+        storable_decode_state: whether ``cond`` is a ``[B, C]`` tensor the replay buffer keeps (algorithms then
+            decode from stored transitions); pass ``False`` for any other ``cond`` (token states, a dict).
 
-    ``Context.features`` is ``cond`` itself unless ``feature_fn`` is given. The context is storable (the replay
-    buffer keeps ``cond`` and algorithms decode from it) whenever ``cond`` is a tensor. Modules passed in are
-    frozen (``eval()``, ``requires_grad_(False)``).
+    ``Context.features`` is ``cond`` itself unless ``feature_fn`` is given. Modules passed in are frozen
+    (``eval()``, ``requires_grad_(False)``). The encoder's observation is whatever it takes, so the adapter
+    requires no observation keys.
     """
 
     family = "flow_head"
+    storable_decode_state = True
 
     def __init__(
         self,
@@ -61,6 +67,7 @@ class FlowHeadAdapter(SteerableAdapter):
         n_action_steps: int | None = None,
         action_dim: int | None = None,
         feature_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+        storable_decode_state: bool = True,
     ):
         if num_steps < 1:
             raise ValueError(f"num_steps must be at least 1, got {num_steps}")
@@ -79,6 +86,7 @@ class FlowHeadAdapter(SteerableAdapter):
         self._feature_dim = int(feature_dim)
         self._n_action_steps = n_action_steps
         self._action_dim = action_dim
+        self.storable_decode_state = storable_decode_state
 
     @property
     def noise_shape(self) -> tuple[int, int]:
@@ -115,9 +123,12 @@ class FlowHeadAdapter(SteerableAdapter):
                 f"features must be a [B, {self._feature_dim}] tensor, got {shape}; pass feature_fn when the "
                 "encoder's output is not itself a [B, feature_dim] tensor"
             )
-        return Context(features=features, decode_state=cond, storable=isinstance(cond, torch.Tensor))
+        if self.storable_decode_state and not (isinstance(cond, torch.Tensor) and cond.ndim == 2):
+            raise ValueError("the encoder's output is not a [B, C] tensor the replay buffer can keep; pass "
+                             "storable_decode_state=False")
+        return Context(features=features, decode_state=cond, storable=self.storable_decode_state)
 
-    def decode(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
+    def decode_chunk(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
         """Euler-integrate from ``noise`` (t = 1) to t = 0; returns ``[B, chunk, action_dim]``.
 
         Differentiable in ``noise``; call it under ``torch.no_grad()`` when no gradient is needed.
@@ -127,10 +138,5 @@ class FlowHeadAdapter(SteerableAdapter):
                 f"noise must be [{context.batch_size}, {self._noise_shape[0]}, {self._noise_shape[1]}] "
                 f"for this context, got {tuple(noise.shape)}"
             )
-        dt = -1.0 / self.num_steps
-        x = noise
-        for step in range(self.num_steps):
-            # Computed in double then cast, as pi0 does, so a pi0 denoiser sees the same times.
-            t = torch.full((x.shape[0],), 1.0 + step * dt, dtype=torch.float32, device=x.device)
-            x = x + dt * self.velocity(x, t, context.decode_state)
-        return x[..., : self._action_dim]
+        chunk = euler_integrate(lambda x, t: self.velocity(x, t, context.decode_state), noise, self.num_steps)
+        return chunk[..., : self._action_dim]

@@ -8,11 +8,10 @@ transformers), so each is imported only when a policy of its type is asked for.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from lerobot.utils.constants import OBS_LANGUAGE_TOKENS
+from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
 
 from vla_steer.adapters.base import SteerableAdapter
 from vla_steer.adapters.peft_support import unwrap_peft
@@ -24,6 +23,12 @@ LEROBOT_ADAPTERS: dict[str, tuple[str, str]] = {
     "pi0": ("vla_steer.adapters.pi0", "PI0Adapter"),
     "pi05": ("vla_steer.adapters.pi0", "PI05Adapter"),
     "xvla": ("vla_steer.adapters.xvla", "XVLAAdapter"),
+}
+
+# A raw batch lacks the language entries: LeRobot's TokenizerProcessorStep writes them from the task text.
+LANGUAGE_KEY_HINTS = {
+    key: f"{key} (the policy preprocessor's TokenizerProcessorStep writes it from the task)"
+    for key in (OBS_LANGUAGE_TOKENS, OBS_LANGUAGE_ATTENTION_MASK)
 }
 
 
@@ -50,21 +55,18 @@ class LeRobotPolicyAdapter(SteerableAdapter):
 
     The policy is unwrapped from PEFT (``PeftModel.model`` would be the whole policy, not its inner model; the
     LoRA layers stay active) and frozen in place (``eval()``, ``requires_grad_(False)``). LeRobot 0.4.4 keeps
-    normalisation and tokenisation in separate processor pipelines, so the optional ``preprocessor`` runs on the
-    observation in ``encode`` and the optional ``postprocessor`` on the actions at the end of ``decode``.
+    normalisation and tokenisation in separate processor pipelines, and so does the adapter: ``encode`` takes the
+    policy's preprocessed batch and decoding returns normalised actions, as ``predict_action_chunk`` does.
     """
 
-    def __init__(
-        self,
-        policy: torch.nn.Module,
-        preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ):
+    #: True where LeRobot pads or masks missing cameras (the VLAs): any one of ``config.image_features`` will do.
+    #: False where every camera is required (they are then part of ``required_observation_keys``).
+    _any_camera_suffices: bool = True
+
+    def __init__(self, policy: torch.nn.Module):
         policy = unwrap_peft(policy)
         self._check_policy(policy)
         self.policy = policy.eval().requires_grad_(False)
-        self.preprocessor = preprocessor
-        self.postprocessor = postprocessor
 
     def _check_policy(self, policy: torch.nn.Module) -> None:
         """Refuse a policy the adapter cannot steer; runs before freezing, so a refused policy is left as it was.
@@ -96,34 +98,24 @@ class LeRobotPolicyAdapter(SteerableAdapter):
     def dtype(self) -> torch.dtype:
         return next(self.policy.parameters()).dtype
 
-    def _preprocess(self, observation: dict[str, Any]) -> dict[str, Any]:
-        """The observation through the preprocessor, if any, given a copy so that the caller's dict is left alone."""
-        return observation if self.preprocessor is None else self.preprocessor(dict(observation))
+    def missing_observation_keys(self, observation: dict[str, Any]) -> list[str]:
+        missing = [LANGUAGE_KEY_HINTS.get(key, key)
+                   for key in self.required_observation_keys if key not in observation]
+        cameras = self.policy.config.image_features
+        if self._any_camera_suffices and cameras and not any(key in observation for key in cameras):
+            missing.append(f"one of the cameras ({', '.join(cameras)})")
+        return missing
 
-    def _postprocess(self, actions: torch.Tensor) -> torch.Tensor:
-        return actions if self.postprocessor is None else self.postprocessor(actions)
-
-    def _check_batch(self, observation: Any, required: Iterable[str]) -> None:
-        """Refuse a preprocessed batch that is not a dict, lacks a ``required`` key or has no camera at all.
-
-        A raw batch typically lacks the language tokens, which LeRobot's ``TokenizerProcessorStep`` writes: the
-        error says so.
-        """
+    def _check_batch(self, observation: Any) -> None:
+        """Refuse an observation that is not a dict or that :meth:`missing_observation_keys` finds lacking."""
         if not isinstance(observation, dict):
             raise TypeError(
                 f"{type(self).__name__}.encode takes a dict of tensors (the policy's preprocessed batch), "
                 f"got {type(observation).__name__}"
             )
-        missing = [key for key in required if key not in observation]
-        cameras = self.policy.config.image_features
-        if not any(key in observation for key in cameras):
-            missing.append(f"one of the cameras ({', '.join(cameras)})")
+        missing = self.missing_observation_keys(observation)
         if missing:
-            hint = ""
-            if OBS_LANGUAGE_TOKENS in missing:
-                hint = (" Language tokens come from the policy preprocessor (TokenizerProcessorStep): run it on the"
-                        " batch first or give the adapter preprocessor=.")
-            raise ValueError(f"{type(self).__name__}.encode: the batch is missing {', '.join(missing)}.{hint}")
+            raise ValueError(f"{type(self).__name__}.encode: the batch is missing {'; '.join(missing)}")
 
     def _check_noise(self, noise: torch.Tensor, batch_size: int) -> None:
         """Refuse noise that is not ``[batch_size, *noise_shape]``, which includes any padded action dims."""

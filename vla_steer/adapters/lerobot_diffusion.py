@@ -13,23 +13,22 @@ What the adapter does with the policy:
   would build, stacks the cameras, and calls ``DiffusionModel._prepare_global_conditioning``. The resulting
   global conditioning vector ``[B, n_obs_steps * per_step_dim]`` is both ``Context.features`` and
   ``Context.decode_state`` (small, so storable in the replay buffer).
-* **Decode.** The DDIM loop over the U-Net, starting from exactly the given noise ``[B, horizon, action_dim]``,
-  then LeRobot's slice: rows ``n_obs_steps - 1`` to ``n_obs_steps - 2 + n_action_steps`` of the denoised
-  horizon, i.e. the actions for the current step onwards. ``decode`` therefore returns
-  ``[B, n_action_steps, action_dim]``, the rows LeRobot executes, while ``noise_shape`` is the full
-  ``(horizon, action_dim)``. :meth:`DiffusionPolicyAdapter.denoise` returns the whole horizon.
+* **Decode.** :meth:`DiffusionPolicyAdapter.decode_chunk` is the DDIM loop over the U-Net, starting from exactly
+  the given noise ``[B, horizon, action_dim]``; it returns the whole denoised horizon. ``decode`` then takes
+  LeRobot's slice: rows ``n_obs_steps - 1`` to ``n_obs_steps - 2 + n_action_steps``, i.e. the actions for the
+  current step onwards, ``[B, n_action_steps, action_dim]``, while ``noise_shape`` is the full
+  ``(horizon, action_dim)``.
+* **Capabilities.** ``storable_decode_state`` is True; ``n_obs_steps`` is ``config.n_obs_steps``; every input
+  feature (state, environment state, each camera) is a required observation key, since LeRobot stacks all cameras.
 
 Normalisation. In LeRobot 0.4.4 the policy itself sees normalised inputs and returns normalised actions; the
 normaliser and unnormaliser are separate processor pipelines (``make_diffusion_pre_post_processors`` or the
-``policy_preprocessor.json`` / ``policy_postprocessor.json`` files of a checkpoint). The adapter follows the
-policy: without processors, ``encode`` expects a *normalised* batch and ``decode`` returns *normalised* actions,
-exactly what ``predict_action_chunk`` returns. Pass ``preprocessor`` and ``postprocessor`` to work with raw
-observations and environment-space actions instead.
+``policy_preprocessor.json`` / ``policy_postprocessor.json`` files of a checkpoint), which stay outside the
+adapter: ``encode`` expects a *normalised* batch and decoding returns *normalised* actions, exactly what
+``predict_action_chunk`` returns.
 """
 
 from __future__ import annotations
-
-from typing import Any, Callable
 
 import torch
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
@@ -48,9 +47,6 @@ class DiffusionPolicyAdapter(LeRobotPolicyAdapter):
             (``wrap_with_peft``, ``PeftModel``) is unwrapped to the policy, its LoRA layers kept active.
         num_inference_steps: DDIM steps per decode. ``None`` keeps the policy's own setting
             (``config.num_inference_steps``, or ``num_train_timesteps`` when that is unset).
-        preprocessor: optional LeRobot policy preprocessor (normalises raw observations) applied in ``encode``.
-        postprocessor: optional LeRobot policy postprocessor (unnormalises actions, moves them to the CPU)
-            applied at the end of ``decode``.
 
     Observations are a dict of tensors keyed like the policy's input features. Each entry is either one
     step, ``[B, *feature_shape]`` (repeated ``n_obs_steps`` times, which is what LeRobot's queues hold at the
@@ -58,15 +54,11 @@ class DiffusionPolicyAdapter(LeRobotPolicyAdapter):
     """
 
     family = "diffusion"
+    storable_decode_state = True
+    _any_camera_suffices = False
 
-    def __init__(
-        self,
-        policy: DiffusionPolicy,
-        num_inference_steps: int | None = None,
-        preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ):
-        super().__init__(policy, preprocessor, postprocessor)
+    def __init__(self, policy: DiffusionPolicy, num_inference_steps: int | None = None):
+        super().__init__(policy)
         policy, config = self.policy, self.policy.config
 
         if num_inference_steps is None:
@@ -95,10 +87,20 @@ class DiffusionPolicyAdapter(LeRobotPolicyAdapter):
         config.num_inference_steps = self.num_inference_steps
 
     # ------------------------------------------------------------------------------------------------
-    # shapes
+    # shapes and capabilities
     @property
     def noise_shape(self) -> tuple[int, int]:
         return (self.policy.config.horizon, self.action_dim)
+
+    @property
+    def n_obs_steps(self) -> int:
+        return self.policy.config.n_obs_steps
+
+    @property
+    def required_observation_keys(self) -> tuple[str, ...]:
+        config = self.policy.config
+        env_state = (OBS_ENV_STATE,) if config.env_state_feature is not None else ()
+        return (OBS_STATE, *env_state, *config.image_features)
 
     @property
     def feature_dim(self) -> int:
@@ -116,7 +118,7 @@ class DiffusionPolicyAdapter(LeRobotPolicyAdapter):
     # encode
     def _with_history(self, key: str, value: torch.Tensor, feature_shape: tuple[int, ...]) -> torch.Tensor:
         """``[B, *shape]`` -> ``[B, n_obs_steps, *shape]`` (repeated); a history passes through unchanged."""
-        n_obs_steps = self.policy.config.n_obs_steps
+        n_obs_steps = self.n_obs_steps
         value = value.to(device=self.device, dtype=self.dtype if value.is_floating_point() else value.dtype)
         extra_dims = value.ndim - len(feature_shape)
         if extra_dims == 1:
@@ -144,18 +146,13 @@ class DiffusionPolicyAdapter(LeRobotPolicyAdapter):
 
     @torch.no_grad()
     def encode(self, observation: dict[str, torch.Tensor]) -> Context:
-        if not isinstance(observation, dict):
-            raise TypeError(
-                "DiffusionPolicyAdapter.encode takes a dict of observation tensors keyed like the policy's "
-                f"input features ({', '.join(self.policy.config.input_features)}), got {type(observation).__name__}"
-            )
-        observation = self._preprocess(observation)
+        self._check_batch(observation)
         global_cond = self.policy.diffusion._prepare_global_conditioning(self._policy_batch(observation))
-        return Context(features=global_cond, decode_state=global_cond, storable=True)
+        return Context(features=global_cond, decode_state=global_cond, storable=self.storable_decode_state)
 
     # ------------------------------------------------------------------------------------------------
     # decode
-    def denoise(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
+    def decode_chunk(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
         """Run the DDIM loop (eta = 0) from ``noise`` and return the whole normalised horizon ``[B, horizon, A]``.
 
         Differentiable in ``noise``; call it under ``torch.no_grad()`` when no gradient is needed.
@@ -169,11 +166,3 @@ class DiffusionPolicyAdapter(LeRobotPolicyAdapter):
             model_output = unet(sample, timestep, global_cond=global_cond)
             sample = self.scheduler.step(model_output, t, sample, eta=0.0).prev_sample
         return sample
-
-    def decode(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
-        """Actions LeRobot would execute: ``[B, n_action_steps, action_dim]`` starting at row ``n_obs_steps - 1``.
-
-        Normalised unless a ``postprocessor`` was given (then unnormalised, on the CPU).
-        """
-        start = self.policy.config.n_obs_steps - 1
-        return self._postprocess(self.denoise(context, noise)[:, start:start + self.n_action_steps])

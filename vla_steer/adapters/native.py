@@ -1,7 +1,10 @@
 """Adapter for the built-in chunk policies (:mod:`vla_steer.policies`).
 
-``encode`` normalises the state; the normalised state is both the head's features and the denoiser's
-conditioning, so it is storable and NA / LP-DS decode straight from the replay buffer.
+``encode`` takes the raw state, a flat ``[B, obs_dim]`` tensor (or a dict holding it as ``observation.state``),
+so the adapter requires no observation keys. It normalises the state; the normalised state is both the head's
+features and the denoiser's conditioning, so it is storable and NA / LP-DS decode straight from the replay
+buffer. ``decode_chunk`` returns the whole chunk in environment units, ``decode`` its first ``n_action_steps``
+rows.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from vla_steer.policies.base import ChunkPolicy
 
 class NativePolicyAdapter(SteerableAdapter):
     family = "native"
+    storable_decode_state = True
 
     def __init__(self, policy: ChunkPolicy):
         self.policy = policy.eval().requires_grad_(False)
@@ -43,9 +47,9 @@ class NativePolicyAdapter(SteerableAdapter):
         if isinstance(observation, dict):
             observation = observation["observation.state"]
         cond = self.policy.normalize_obs(observation.to(self.device, torch.float32))
-        return Context(features=cond, decode_state=cond, storable=True)
+        return Context(features=cond, decode_state=cond, storable=self.storable_decode_state)
 
     @torch.no_grad()
-    def decode(self, context, noise):
+    def decode_chunk(self, context, noise):
         normalized = self.policy.sample_normalized(context.decode_state, noise.to(context.decode_state.dtype))
         return self.policy.unnormalize_actions(normalized)

@@ -13,20 +13,22 @@ adapter splits it at the cache, with LeRobot's own building blocks and no monkey
   padded state; pi0.5 writes the discretised state into the prompt, so the prefix already holds it.
   ``Context.decode_state`` keeps the KV cache, ``prefix_pad_masks`` and (pi0) the padded state: too big for a
   replay buffer, so ``storable=False``.
-* **Decode.** LeRobot's Euler loop over ``denoise_step`` (``dt = -1 / num_steps``, t from 1 down to 1/num_steps)
-  from exactly the given noise ``[B, chunk_size, max_action_dim]``, padded dims included (the expert was trained
-  with noise in all of them), then the slice to the real action dimension, as ``predict_action_chunk`` does. With
-  ``use_cache=False`` the patched Gemma attention concatenates the cache without writing to it, so one context
-  serves any number of decodes. Differentiable in the noise (the policy is frozen, the cache holds no graph).
+* **Decode.** LeRobot's Euler loop over ``denoise_step`` (:func:`~vla_steer.policies.flow.euler_integrate`:
+  ``dt = -1 / num_steps``, t from 1 down to 1/num_steps) from exactly the given noise
+  ``[B, chunk_size, max_action_dim]``, padded dims included (the expert was trained with noise in all of them),
+  then the slice to the real action dimension, as ``predict_action_chunk`` does (``decode_chunk``); ``decode``
+  keeps the first ``n_action_steps`` rows. With ``use_cache=False`` the patched Gemma attention concatenates the
+  cache without writing to it, so one context serves any number of decodes. Differentiable in the noise (the
+  policy is frozen, the cache holds no graph).
 * **K draws.** ``repeat_context`` repeats the cache rows (a fresh ``DynamicCache``; the original is untouched).
 
-Identity: ``decode(encode(batch), w)`` equals ``policy.predict_action_chunk(batch, noise=w)``.
+Identity: ``decode_chunk(encode(batch), w)`` equals ``policy.predict_action_chunk(batch, noise=w)``.
 
-Normalisation and tokenisation happen in LeRobot's processor pipelines, outside the policy. Without processors
-``encode`` takes what ``predict_action_chunk`` takes: a batch with the normalised state, images in [0, 1], and
-``observation.language.tokens`` / ``observation.language.attention_mask``; ``decode`` returns normalised actions.
-Pass ``preprocessor`` / ``postprocessor`` (``make_pi0_pre_post_processors`` or a checkpoint's
-``policy_preprocessor.json`` / ``policy_postprocessor.json``) to work with raw observations and a ``task`` string.
+Normalisation and tokenisation happen in LeRobot's processor pipelines (``make_pi0_pre_post_processors`` or a
+checkpoint's ``policy_preprocessor.json`` / ``policy_postprocessor.json``), outside the policy and outside the
+adapter: ``encode`` takes what ``predict_action_chunk`` takes, a batch with the normalised state (pi0), images in
+[0, 1], and ``observation.language.tokens`` / ``observation.language.attention_mask``; decoding returns normalised
+actions.
 
 Needs the openpi-patched transformers (``scripts/make_pi_env.sh``).
 """
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -42,12 +45,13 @@ from lerobot.policies.pi0 import modeling_pi0
 from lerobot.policies.pi0.modeling_pi0 import PI0Policy
 from lerobot.policies.pi05 import modeling_pi05
 from lerobot.policies.pi05.modeling_pi05 import PI05Policy
-from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
+from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE
 from transformers.cache_utils import DynamicCache
 
 from vla_steer.adapters.base import Context, map_tensors
 from vla_steer.adapters.lerobot import LeRobotPolicyAdapter
 from vla_steer.adapters.pooling import Pooling, check_pooling, pool_tokens, pooled_width
+from vla_steer.policies.flow import euler_integrate
 
 
 @dataclass
@@ -80,6 +84,7 @@ class _PiFamilyAdapter(LeRobotPolicyAdapter):
 
     _state_in_suffix: bool  # pi0: the state is a token of the expert's suffix; pi0.5: it is text in the prompt
     _make_att_2d_masks: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # the family's copy of LeRobot's
+    storable_decode_state = False  # the prefix KV cache
 
     def __init__(
         self,
@@ -87,11 +92,9 @@ class _PiFamilyAdapter(LeRobotPolicyAdapter):
         num_inference_steps: int | None = None,
         pooling: Pooling = "mean",
         include_state: bool = True,
-        preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         check_pooling(pooling)
-        super().__init__(policy, preprocessor, postprocessor)
+        super().__init__(policy)
         config = self.policy.config
         if num_inference_steps is None:
             num_inference_steps = config.num_inference_steps
@@ -104,7 +107,12 @@ class _PiFamilyAdapter(LeRobotPolicyAdapter):
         self.include_state = include_state and self._state_in_suffix
 
     # ------------------------------------------------------------------------------------------------
-    # shapes
+    # shapes and capabilities
+    @property
+    def required_observation_keys(self) -> tuple[str, ...]:
+        state = (OBS_STATE,) if self._state_in_suffix else ()  # pi0.5's preprocessor already put it in the prompt
+        return (*state, OBS_LANGUAGE_TOKENS, OBS_LANGUAGE_ATTENTION_MASK)
+
     @property
     def hidden_dim(self) -> int:
         """Width of the VLM's prefix hidden states (2048 for PaliGemma 2B)."""
@@ -123,12 +131,7 @@ class _PiFamilyAdapter(LeRobotPolicyAdapter):
 
     @torch.no_grad()
     def encode(self, observation: dict[str, Any]) -> Context:
-        if not isinstance(observation, dict):
-            raise TypeError(
-                f"{type(self).__name__}.encode takes a batch dict (images, state, "
-                f"{OBS_LANGUAGE_TOKENS}, {OBS_LANGUAGE_ATTENTION_MASK}), got {type(observation).__name__}"
-            )
-        observation = self._preprocess(observation)
+        self._check_batch(observation)
         policy, model = self.policy, self.policy.model
         images, img_masks = policy._preprocess_images(observation)  # noqa: SLF001
         tokens = observation[OBS_LANGUAGE_TOKENS].to(self.device)
@@ -156,7 +159,7 @@ class _PiFamilyAdapter(LeRobotPolicyAdapter):
         return Context(
             features=features,
             decode_state=PiDecodeState(past_key_values, prefix_pad_masks, state),
-            storable=False,
+            storable=self.storable_decode_state,
         )
 
     def repeat_context(self, context: Context, k: int) -> Context:
@@ -169,7 +172,7 @@ class _PiFamilyAdapter(LeRobotPolicyAdapter):
                 prefix_pad_masks=repeat(state.prefix_pad_masks),
                 state=None if state.state is None else repeat(state.state),
             ),
-            storable=False,
+            storable=context.storable,
             extras=context.extras,
         )
 
@@ -184,22 +187,13 @@ class _PiFamilyAdapter(LeRobotPolicyAdapter):
 
         The loop of ``sample_actions`` (same time grid, same float32 arithmetic); differentiable in ``noise``.
         """
-        batch = context.batch_size
-        self._check_noise(noise, batch)
-        device = self.device
-        dt = -1.0 / self.num_inference_steps
-        x_t = noise.to(device=device, dtype=torch.float32)
-        for step in range(self.num_inference_steps):
-            time = torch.tensor(1.0 + step * dt, dtype=torch.float32, device=device).expand(batch)
-            x_t = x_t + dt * self._velocity(context.decode_state, x_t, time)
-        return x_t
+        self._check_noise(noise, context.batch_size)
+        x_t = noise.to(device=self.device, dtype=torch.float32)  # LeRobot's noise is float32
+        return euler_integrate(partial(self._velocity, context.decode_state), x_t, self.num_inference_steps)
 
-    def decode(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
-        """Actions ``[B, chunk_size, action_dim]``: the chunk ``predict_action_chunk`` returns for ``noise``.
-
-        Normalised unless a ``postprocessor`` was given.
-        """
-        return self._postprocess(self.denoise(context, noise)[:, :, : self.action_dim])
+    def decode_chunk(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
+        """The normalised chunk ``predict_action_chunk`` returns for ``noise``: ``[B, chunk_size, action_dim]``."""
+        return self.denoise(context, noise)[:, :, : self.action_dim]
 
 
 class PI0Adapter(_PiFamilyAdapter):
@@ -213,7 +207,6 @@ class PI0Adapter(_PiFamilyAdapter):
             the ``"last"`` real token, or both concatenated (``"mean+last"``).
         include_state: append the padded (normalised) state ``[max_state_dim]`` to the features. pi0 does not see
             the state in its prefix, so without it the head is blind to proprioception.
-        preprocessor / postprocessor: optional LeRobot processor pipelines (see the module docstring).
     """
 
     family = "pi0"
@@ -237,11 +230,8 @@ class PI05Adapter(_PiFamilyAdapter):
     _state_in_suffix = False
     _make_att_2d_masks = staticmethod(modeling_pi05.make_att_2d_masks)
 
-    def __init__(self, policy: PI05Policy, num_inference_steps: int | None = None, pooling: Pooling = "mean",
-                 preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                 postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        super().__init__(policy, num_inference_steps, pooling, include_state=False,
-                         preprocessor=preprocessor, postprocessor=postprocessor)
+    def __init__(self, policy: PI05Policy, num_inference_steps: int | None = None, pooling: Pooling = "mean"):
+        super().__init__(policy, num_inference_steps, pooling, include_state=False)
 
     def _velocity(self, state: PiDecodeState, x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         return self.policy.model.denoise_step(

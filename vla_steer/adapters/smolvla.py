@@ -15,31 +15,31 @@ What the adapter does with the policy:
   ``Context.features`` pools the prefix hidden states (after the VLM's final norm) that LeRobot computes and
   discards: ``"mean"`` over the valid prefix tokens, ``"last"`` = the last valid token, which is the projected
   state token and attends to the whole prefix, or ``"mean+last"`` (default), both concatenated.
-* **Decode** = the other half: ``config.num_steps`` Euler steps over ``VLAFlowMatching.denoise_step`` from
-  exactly the given noise, at the same float32 times LeRobot uses. The cache is only read (the expert
-  concatenates or cross-attends to it), so one encode serves any number of decodes. The result is unpadded to
-  the real action dimension and, when ``config.adapt_to_pi_aloha`` is set, mapped to the Aloha convention, as
-  ``SmolVLAPolicy.predict_action_chunk`` does. Real-time chunking (RTC) guidance is not supported.
+* **Decode** = the other half: :meth:`SmolVLAAdapter.denoise` runs ``config.num_steps`` Euler steps
+  (:func:`~vla_steer.policies.flow.euler_integrate`) over ``VLAFlowMatching.denoise_step`` from exactly the given
+  noise, at the same float32 times LeRobot uses. The cache is only read (the expert concatenates or cross-attends
+  to it), so one encode serves any number of decodes. ``decode_chunk`` unpads the result to the real action
+  dimension and, when ``config.adapt_to_pi_aloha`` is set, maps it to the Aloha convention, as
+  ``SmolVLAPolicy.predict_action_chunk`` does; ``decode`` keeps the first ``n_action_steps`` rows, the ones
+  ``select_action`` executes. Real-time chunking (RTC) guidance is not supported.
 * **K draws.** :meth:`repeat_context` (the base implementation) repeat-interleaves every cached tensor, so
   ``B * K`` noise draws run as one batched decode.
 
 Shapes: ``noise_shape = (chunk_size, max_action_dim)``, padded dims included (the expert was trained with noise
-in all of them); ``decode`` returns the whole chunk ``[B, chunk_size, action_dim]``, of which the environment
-executes the first ``n_action_steps`` rows.
+in all of them).
 
 Normalisation. As for every LeRobot 0.4.4 policy, SmolVLA itself works in normalised space: the state is
 normalised (mean/std by default), images stay in [0, 1], and the task text is tokenised, all by the separate
 policy preprocessor (``make_smolvla_pre_post_processors`` or a checkpoint's ``policy_preprocessor.json``); the
-actions it returns are normalised and the postprocessor unnormalises them. The adapter follows the policy:
-without processors, ``encode`` takes a *preprocessed* batch (normalised ``observation.state``, camera images,
-``observation.language.tokens`` and ``observation.language.attention_mask``) and ``decode`` returns normalised
-actions, exactly what ``predict_action_chunk`` returns. Pass ``preprocessor`` / ``postprocessor`` to work with
-raw observations (plus a ``"task"`` string or list of strings) and environment-space actions instead.
+actions it returns are normalised and the postprocessor unnormalises them. The adapter follows the policy and
+leaves both processors to the caller: ``encode`` takes a *preprocessed* batch (normalised ``observation.state``,
+camera images, ``observation.language.tokens`` and ``observation.language.attention_mask``) and decoding returns
+normalised actions, exactly what ``predict_action_chunk`` returns.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, make_att_2d_masks
@@ -48,6 +48,7 @@ from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TO
 from vla_steer.adapters.base import Context
 from vla_steer.adapters.lerobot import LeRobotPolicyAdapter
 from vla_steer.adapters.pooling import Pooling, check_pooling, pool_tokens, pooled_width
+from vla_steer.policies.flow import euler_integrate
 
 
 class SmolVLAAdapter(LeRobotPolicyAdapter):
@@ -60,26 +61,16 @@ class SmolVLAAdapter(LeRobotPolicyAdapter):
             tokens), ``"last"`` (the state token) or ``"mean+last"`` (both, concatenated).
         num_steps: Euler steps per decode. ``None`` keeps ``config.num_steps``; a value is written back to the
             config so the policy's own ``predict_action_chunk`` integrates the same way.
-        preprocessor: optional LeRobot policy preprocessor (tokenises the task, normalises the state) applied in
-            ``encode``.
-        postprocessor: optional LeRobot policy postprocessor (unnormalises actions, moves them to the CPU)
-            applied at the end of ``decode``.
     """
 
     family = "smolvla"
+    storable_decode_state = False  # the prefix KV cache
 
-    def __init__(
-        self,
-        policy: SmolVLAPolicy,
-        pooling: Pooling = "mean+last",
-        num_steps: int | None = None,
-        preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ):
+    def __init__(self, policy: SmolVLAPolicy, pooling: Pooling = "mean+last", num_steps: int | None = None):
         check_pooling(pooling)
         if num_steps is not None and num_steps < 1:
             raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-        super().__init__(policy, preprocessor, postprocessor)
+        super().__init__(policy)
         if num_steps is not None:
             self.policy.config.num_steps = int(num_steps)
         self.pooling = pooling
@@ -92,7 +83,11 @@ class SmolVLAAdapter(LeRobotPolicyAdapter):
         super()._check_policy(policy)
 
     # ------------------------------------------------------------------------------------------------
-    # shapes
+    # shapes and capabilities
+    @property
+    def required_observation_keys(self) -> tuple[str, ...]:
+        return (OBS_STATE, OBS_LANGUAGE_TOKENS, OBS_LANGUAGE_ATTENTION_MASK)
+
     @property
     def num_steps(self) -> int:
         return self.policy.config.num_steps
@@ -110,7 +105,7 @@ class SmolVLAAdapter(LeRobotPolicyAdapter):
     # encode
     def _check_observation(self, observation: Any) -> None:
         config = self.policy.config
-        self._check_batch(observation, [OBS_STATE, OBS_LANGUAGE_TOKENS, OBS_LANGUAGE_ATTENTION_MASK])
+        self._check_batch(observation)
         state = observation[OBS_STATE]
         if state.shape[-1] > config.max_state_dim:
             raise ValueError(f"{OBS_STATE} has {state.shape[-1]} dims, more than max_state_dim={config.max_state_dim}")
@@ -121,7 +116,6 @@ class SmolVLAAdapter(LeRobotPolicyAdapter):
 
     @torch.no_grad()
     def encode(self, observation: dict[str, torch.Tensor]) -> Context:
-        observation = self._preprocess(observation)
         self._check_observation(observation)
         policy, model = self.policy, self.policy.model
 
@@ -142,12 +136,8 @@ class SmolVLAAdapter(LeRobotPolicyAdapter):
             fill_kv_cache=True,
         )
         decode_state = {"past_key_values": past_key_values, "prefix_pad_masks": prefix_pad_masks}
-        return Context(features=self._pool(prefix_out, prefix_pad_masks), decode_state=decode_state, storable=False)
-
-    def context_from_storage(self, features: torch.Tensor, decode_state: torch.Tensor) -> Context:
-        raise NotImplementedError(
-            "SmolVLA contexts hold a KV cache and are not stored in the replay buffer; re-encode the observation"
-        )
+        return Context(features=self._pool(prefix_out, prefix_pad_masks), decode_state=decode_state,
+                       storable=self.storable_decode_state)
 
     # ------------------------------------------------------------------------------------------------
     # decode
@@ -160,23 +150,18 @@ class SmolVLAAdapter(LeRobotPolicyAdapter):
         past_key_values = context.decode_state["past_key_values"]
         batch_size = prefix_pad_masks.shape[0]
         self._check_noise(noise, batch_size)
-        model = self.policy.model
+        denoise_step = self.policy.model.denoise_step
+
+        def velocity(x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+            return denoise_step(prefix_pad_masks=prefix_pad_masks, past_key_values=past_key_values, x_t=x_t,
+                                timestep=time)
+
         x_t = noise.to(device=prefix_pad_masks.device, dtype=torch.float32)  # LeRobot's noise is float32
-        dt = -1.0 / self.num_steps
-        for step in range(self.num_steps):
-            # same Python-float time and float32 tensor as sample_actions, so the result matches bit for bit
-            time = torch.tensor(1.0 + step * dt, dtype=torch.float32, device=x_t.device).expand(batch_size)
-            v_t = model.denoise_step(prefix_pad_masks=prefix_pad_masks, past_key_values=past_key_values,
-                                     x_t=x_t, timestep=time)
-            x_t = x_t + dt * v_t
-        return x_t
+        return euler_integrate(velocity, x_t, self.num_steps)
 
-    def decode(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
-        """The chunk ``predict_action_chunk`` returns for this noise: ``[B, chunk_size, action_dim]``.
-
-        Normalised unless a ``postprocessor`` was given (then unnormalised, on the CPU).
-        """
+    def decode_chunk(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
+        """The normalised chunk ``predict_action_chunk`` returns for this noise: ``[B, chunk_size, action_dim]``."""
         actions = self.denoise(context, noise)[:, :, : self.action_dim]
         if self.policy.config.adapt_to_pi_aloha:  # LeRobot's transform writes in place: give it a copy
             actions = self.policy._pi_aloha_encode_actions(actions.clone())
-        return self._postprocess(actions)
+        return actions

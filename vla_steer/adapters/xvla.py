@@ -26,7 +26,8 @@ LeRobot draws ``x1`` itself with ``torch.randn`` inside ``generate_actions``: ``
   head could not tell two robot configurations in front of the same image apart.
 * **Decode** = the other half: the loop above, copied from ``generate_actions`` (same ``t`` values and dtype, same
   ``action_space.preprocess`` call every step), starting from exactly the given noise, then LeRobot's
-  ``action_space.postprocess``. ``decode`` returns what ``predict_action_chunk`` returns.
+  ``action_space.postprocess``. ``decode_chunk`` returns what ``predict_action_chunk`` returns, ``decode`` its
+  first ``n_action_steps`` rows, the ones ``select_action`` executes.
 * **K draws.** The decode state is a plain dict of ``[B, ...]`` tensors, so the base :meth:`repeat_context`
   repeat-interleaves it and ``B * K`` draws run as one batched decode.
 
@@ -37,16 +38,16 @@ channels), trimmed to the real robot for ``auto`` / ``franka_joint7`` / ``so101_
 ``joint`` and ``so101_bimanual`` zero the gripper channels of ``x_t`` before every transformer call, so the noise
 in those channels has no effect at all; the padded channels of ``auto`` do reach the transformer.
 
-Normalisation. As for every LeRobot 0.4.4 policy, the policy works on preprocessed batches: without processors
-``encode`` takes what the X-VLA preprocessor produces (``observation.language.tokens``, images, the state and an
-optional ``domain_id``) and ``decode`` returns the policy's raw output. Pass ``preprocessor`` / ``postprocessor``
-(LeRobot pipelines) to work with raw observations plus a ``"task"`` and with environment-space actions; a
-postprocessor that reshapes actions (LIBERO's 6D-rotation step) changes the width ``decode`` returns.
+Normalisation. As for every LeRobot 0.4.4 policy, the policy works on preprocessed batches and the processor
+pipelines stay outside the adapter: ``encode`` takes what the X-VLA preprocessor produces
+(``observation.language.tokens``, images, the state and an optional ``domain_id``) and decoding returns the
+policy's raw (normalised) output. A postprocessor that reshapes actions (LIBERO's 6D-rotation step) changes the
+width the caller ends up with, not ``action_dim``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from lerobot.policies.xvla.modeling_xvla import XVLAPolicy
@@ -69,11 +70,10 @@ class XVLAAdapter(LeRobotPolicyAdapter):
             back to the config so the policy's own ``predict_action_chunk`` denoises the same way.
         pad_token_id: text padding id used for pooling when the batch has no attention mask; defaults to the
             BART config's ``pad_token_id``.
-        preprocessor: optional LeRobot policy preprocessor (tokenises the task, normalises) applied in ``encode``.
-        postprocessor: optional LeRobot policy postprocessor (unnormalises actions) applied at the end of ``decode``.
     """
 
     family = "xvla"
+    storable_decode_state = False  # the VLM's token features
 
     def __init__(
         self,
@@ -82,13 +82,11 @@ class XVLAAdapter(LeRobotPolicyAdapter):
         include_proprio: bool = True,
         num_denoising_steps: int | None = None,
         pad_token_id: int | None = None,
-        preprocessor: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        postprocessor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         check_pooling(pooling)
         if num_denoising_steps is not None and num_denoising_steps < 1:
             raise ValueError(f"num_denoising_steps must be at least 1, got {num_denoising_steps}")
-        super().__init__(policy, preprocessor, postprocessor)
+        super().__init__(policy)
         if num_denoising_steps is not None:
             self.policy.config.num_denoising_steps = int(num_denoising_steps)
         self.pooling = pooling
@@ -101,10 +99,15 @@ class XVLAAdapter(LeRobotPolicyAdapter):
         self._action_dim = int(model.action_space.postprocess(dummy).shape[-1])
 
     # ------------------------------------------------------------------------------------------------
-    # shapes
+    # shapes and capabilities
     @property
     def noise_shape(self) -> tuple[int, int]:
         return (self.policy.config.chunk_size, self.policy.model.dim_action)
+
+    @property
+    def required_observation_keys(self) -> tuple[str, ...]:
+        # without the state LeRobot would pass an empty proprio and fail deep in the transformer
+        return (OBS_LANGUAGE_TOKENS, *([OBS_STATE] if self.policy.config.use_proprio else []))
 
     @property
     def action_dim(self) -> int:
@@ -133,8 +136,7 @@ class XVLAAdapter(LeRobotPolicyAdapter):
     # encode
     def _check_observation(self, observation: Any) -> None:
         config, model = self.policy.config, self.policy.model
-        # without the state LeRobot would pass an empty proprio and fail deep in the transformer
-        self._check_batch(observation, [OBS_LANGUAGE_TOKENS, *([OBS_STATE] if config.use_proprio else [])])
+        self._check_batch(observation)
 
         tokens = observation[OBS_LANGUAGE_TOKENS]
         if tokens.ndim != 2 or tokens.is_floating_point():
@@ -175,7 +177,6 @@ class XVLAAdapter(LeRobotPolicyAdapter):
 
     @torch.no_grad()
     def encode(self, observation: dict[str, torch.Tensor]) -> Context:
-        observation = self._preprocess(observation)
         self._check_observation(observation)
         policy, model = self.policy, self.policy.model
 
@@ -194,13 +195,7 @@ class XVLAAdapter(LeRobotPolicyAdapter):
         }
         token_mask = self._token_mask(observation, encoded["vlm_features"].shape[1])
         features = self._features(encoded["vlm_features"], token_mask, proprio)
-        return Context(features=features, decode_state=decode_state, storable=False)
-
-    def context_from_storage(self, features: torch.Tensor, decode_state: torch.Tensor) -> Context:
-        raise NotImplementedError(
-            "X-VLA contexts hold the VLM's token features and are not stored in the replay buffer; "
-            "re-encode the observation"
-        )
+        return Context(features=features, decode_state=decode_state, storable=self.storable_decode_state)
 
     # ------------------------------------------------------------------------------------------------
     # decode
@@ -211,6 +206,7 @@ class XVLAAdapter(LeRobotPolicyAdapter):
         A copy of the loop of ``XVLAModel.generate_actions``. Differentiable in ``noise``; call it under
         ``torch.no_grad()`` when no gradient is needed.
         """
+        # not euler_integrate: each step re-noises the x0 guess with the same x1, no Euler update x + dt * v
         state = context.decode_state
         proprio, domain_id = state["proprio"], state["domain_id"]
         batch_size = proprio.shape[0]
@@ -233,8 +229,8 @@ class XVLAAdapter(LeRobotPolicyAdapter):
             )
         return action
 
-    def decode(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
+    def decode_chunk(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
         """The chunk ``predict_action_chunk`` would return had it started from ``noise``:
-        ``[B, chunk_size, action_dim]`` (through ``postprocessor`` when one was given)."""
+        ``[B, chunk_size, action_dim]``."""
         # postprocess writes the gripper sigmoid in place: give it a copy, not a node of the autograd graph
-        return self._postprocess(self.policy.model.action_space.postprocess(self.denoise(context, noise).clone()))
+        return self.policy.model.action_space.postprocess(self.denoise(context, noise).clone())

@@ -27,8 +27,8 @@ def best_of_k(algo, adapter: SteerableAdapter, layout: LatentLayout, context: Co
               deterministic_proposals: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pick one latent per observation out of ``k`` head proposals by the critic's mean over its heads.
 
-    Returns ``(latent [B, latent_dim], actions [B, chunk, action_dim] or None)``; the actions are returned when
-    the proposals were decoded for scoring, so the caller need not decode again.
+    Returns ``(latent [B, latent_dim], actions [B, n_action_steps, action_dim] or None)``: the executed rows, returned
+    when the proposals were decoded for scoring, so the caller need not decode again.
     """
     if k < 1:
         raise ValueError(f"best-of-K needs k >= 1, got {k}")
@@ -38,8 +38,7 @@ def best_of_k(algo, adapter: SteerableAdapter, layout: LatentLayout, context: Co
     action_critic = getattr(algo, "action_critic", None)
     if action_critic is not None:
         actions = adapter.decode(repeated, layout.to_noise(proposals))
-        executed = actions[:, : adapter.n_action_steps].flatten(1)
-        q = action_critic.reduce(action_critic(repeated.features, executed), "mean")
+        q = action_critic.reduce(action_critic(repeated.features, actions.flatten(1)), "mean")
     else:
         actions = None
         critic = latent_critic(algo)
