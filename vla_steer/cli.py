@@ -64,7 +64,15 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from vla_steer.training import SteeringTrainer
+    """Base vs. steered from a run's last checkpoint: builds the base, the head and the evaluator only (no replay
+    buffer, no learner, no training envs)."""
+    from accelerate import Accelerator
+
+    from vla_steer.adapters.base import LatentLayout
+    from vla_steer.algorithms import build_algorithm
+    from vla_steer.pipeline import build_base
+    from vla_steer.training.checkpoint import load_tree
+    from vla_steer.training.evaluator import Evaluator
 
     run_dir = Path(args.run_dir)
     recipe_file = run_dir / "recipe.json"
@@ -73,11 +81,23 @@ def cmd_eval(args) -> None:
     overrides = [f"train.eval_episodes={args.episodes}"] if args.episodes else []
     overrides += [f"train.eval_best_of_k={args.best_of_k}"] if args.best_of_k else []
     recipe = recipe_from_dict(json.loads(recipe_file.read_text()), overrides + [f"train.output_dir={run_dir}"])
-    trainer = SteeringTrainer(recipe)
-    if not trainer.load_checkpoint():
-        raise FileNotFoundError(f"no checkpoint in {trainer.checkpoint_dir}")
-    report = {"base": trainer.evaluate("base"), "steered": trainer.evaluate("policy")}
+    checkpoint = run_dir / "checkpoints" / "last"
+    if not (checkpoint / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"no checkpoint in {checkpoint}")
+    accelerator = Accelerator(cpu=True) if not _cuda() else Accelerator()
+    base = build_base(recipe, accelerator, show_progress=False)
+    layout = LatentLayout(recipe.head.latent_layout, base.adapter.noise_shape)
+    algo = build_algorithm(recipe.algorithm, recipe.head, base.adapter, layout, accelerator)
+    algo.load_state_dict(load_tree(checkpoint, "algorithm"))
+    evaluator = Evaluator(recipe, base, layout)
+    report = {"base": evaluator.evaluate("base"), "steered": evaluator.evaluate("policy", algo)}
     print(json.dumps(report, indent=2))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class CommandError(Exception):

@@ -1,11 +1,12 @@
-"""Recipe -> artefacts: demonstrations, a BC base policy, an adapter. Each step is cached by content."""
+"""Recipe -> artefacts: demonstrations, a BC base policy, the steerable base. Cached steps are keyed by content."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 from accelerate import Accelerator
@@ -13,10 +14,12 @@ from accelerate import Accelerator
 from vla_steer.adapters import NativePolicyAdapter, SteerableAdapter
 from vla_steer.config import Recipe
 from vla_steer.data.demos import generate_demonstrations
-from vla_steer.envs.registry import STATE_KEY, make_env, task_description
+from vla_steer.envs.registry import STATE_KEY, make_env
 from vla_steer.policies import ChunkPolicyConfig, load_chunk_policy
 from vla_steer.policies.bc import train_bc
-from vla_steer.policies.smolvla_bc import TinySmolVLASpec, ensure_tiny_vlm, load_smolvla_base, train_smolvla_bc
+from vla_steer.hub.format import is_hub_repo_id
+from vla_steer.policies.smolvla_bc import TinySmolVLASpec, ensure_tiny_vlm, train_smolvla_bc
+from vla_steer.envs.processing import ActionPipeline, ObservationPipeline
 
 
 def cache_dir(recipe: Recipe) -> Path:
@@ -105,28 +108,112 @@ def _digest(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _smolvla_adapter(recipe: Recipe, path: Path, device) -> SteerableAdapter:
-    """The SmolVLA adapter on raw env observations: the base's own preprocessor (plus the task text, which the
-    env does not emit) in, environment-space actions out."""
-    from vla_steer.adapters.smolvla import SmolVLAAdapter
+@dataclass
+class SteeringBase:
+    """A frozen base ready to steer: its adapter and the processing around it (see ``vla_steer/envs/processing.py``).
 
-    policy, preprocessor, postprocessor = load_smolvla_base(path, device)
-    task = task_description(recipe.env.id)
+    ``source`` / ``revision``: where the base came from (a directory or a Hub repo id); ``directory``: its files on disk
+    (``None`` for a base given as an object); ``policy_config``: a LeRobot base's config (``None`` for built-ins).
+    """
 
-    def preprocess(observation: dict) -> dict:
-        batch_size = observation[STATE_KEY].shape[0]
-        return preprocessor({**observation, "task": [task] * batch_size})
+    adapter: SteerableAdapter
+    observations: ObservationPipeline
+    actions: ActionPipeline
+    source: str | None = None
+    revision: str | None = None
+    directory: Path | None = None
+    policy_config: Any = None
+    lerobot_env_config: Any = None
 
-    return SmolVLAAdapter(policy, preprocessor=preprocess, postprocessor=postprocessor)
+
+def is_builtin_base(directory: Path) -> bool:
+    """A directory of this project's MLP chunk policies (its config.json has ``obs_dim``), not a LeRobot checkpoint."""
+    try:
+        return "obs_dim" in json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def base_directory(recipe: Recipe) -> Path:
+    """The files of ``base.path``: a local directory, or a Hub repo's snapshot at ``base.revision`` (its config,
+    weights and processor files only; honours ``HF_HUB_OFFLINE``)."""
+    from vla_steer.hub.api import BASE_PATTERNS, resolve_repo
+
+    return resolve_repo(recipe.base.path, revision=recipe.base.revision, patterns=BASE_PATTERNS)
+
+
+def load_lerobot_policy(directory: Path, device, rename_map: dict | None = None):
+    """``(policy, preprocessor, postprocessor)`` of a LeRobot checkpoint, loaded as ``lerobot-eval`` loads it (the type
+    from its config.json, its saved processors with the device and ``rename_map`` overridden). Processor files are
+    checked first: steps given by class path (which LeRobot would import) are refused."""
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+    from vla_steer.adapters.lerobot import LEROBOT_ADAPTERS
+    from vla_steer.hub.format import PROCESSOR_CONFIG_NAMES, check_processor_config
+
+    raw_type = json.loads((directory / "config.json").read_text()).get("type")
+    if raw_type not in LEROBOT_ADAPTERS:
+        raise ValueError(f"base.path {str(directory)!r} holds a LeRobot {raw_type!r} policy, which no adapter steers; "
+                         f"supported types: {', '.join(sorted(LEROBOT_ADAPTERS))}")
+    missing = [name for name in PROCESSOR_CONFIG_NAMES if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"base.path {str(directory)!r} lacks {', '.join(missing)}: steer a checkpoint saved by "
+                                "lerobot-train (its checkpoints/<step>/pretrained_model directory), which carries them")
+    for name in PROCESSOR_CONFIG_NAMES:
+        check_processor_config(directory / name)
+    config = PreTrainedConfig.from_pretrained(directory)
+    config.device = str(device)
+    policy = get_policy_class(config.type).from_pretrained(directory, config=config)
+    policy.to(device)
+    preprocessor, postprocessor = make_pre_post_processors(
+        config, pretrained_path=str(directory),
+        preprocessor_overrides={"device_processor": {"device": str(device)},
+                                "rename_observations_processor": {"rename_map": dict(rename_map or {})}})
+    return policy, preprocessor, postprocessor
+
+
+def build_base(recipe: Recipe, accelerator: Accelerator | None = None, show_progress: bool = True) -> SteeringBase:
+    """The recipe's base (a LeRobot checkpoint, a built-in directory, or one behaviour-cloned here) with its adapter
+    and processing, checked against the env: an env that cannot give the base its inputs fails here, before any
+    rollout, naming the missing keys."""
+    from vla_steer.adapters.lerobot import adapter_for_lerobot_policy
+
+    accelerator = accelerator or Accelerator(cpu=True)
+    device, b, e = accelerator.device, recipe.base, recipe.env
+    if b.path and not Path(b.path).expanduser().is_dir() and not is_hub_repo_id(b.path):
+        raise FileNotFoundError(f"base.path {b.path!r} is neither a directory nor a Hub repo id (org/name)")
+    directory = base_directory(recipe) if b.path else ensure_base(recipe, accelerator, show_progress)
+    source = b.path or str(directory)
+    if is_builtin_base(directory):
+        if e.type is not None:
+            raise ValueError("a built-in base reads the flat state of a built-in env: use env.id with it, not env.type")
+        policy = load_chunk_policy(directory, device=device)
+        obs_dim, action_dim = env_dims(recipe)
+        if (policy.config.obs_dim, policy.config.action_dim) != (obs_dim, action_dim):
+            raise ValueError(f"base policy expects obs_dim={policy.config.obs_dim}, action_dim={policy.config.action_dim} "
+                             f"but {e.id} has obs_dim={obs_dim}, action_dim={action_dim}")
+        return SteeringBase(NativePolicyAdapter(policy), ObservationPipeline(device), ActionPipeline(), source,
+                            b.revision, directory)
+
+    policy, preprocessor, postprocessor = load_lerobot_policy(directory, device, b.rename_map)
+    try:
+        adapter = adapter_for_lerobot_policy(policy, **b.adapter_kwargs)
+    except TypeError as exc:
+        raise ValueError(f"base.adapter_kwargs {b.adapter_kwargs} do not fit the {policy.config.type} adapter: {exc}") from None
+    env_config = env_preprocessor = env_postprocessor = None
+    if e.type is not None:
+        from lerobot.envs.factory import make_env_pre_post_processors
+
+        from vla_steer.envs.lerobot_envs import lerobot_env_config
+
+        env_config = lerobot_env_config(e.type, e.options)
+        env_preprocessor, env_postprocessor = make_env_pre_post_processors(env_config, policy.config)
+    observations = ObservationPipeline(device, lerobot_env=e.type is not None, preprocessor=preprocessor,
+                                       env_preprocessor=env_preprocessor, n_obs_steps=adapter.n_obs_steps)
+    return SteeringBase(adapter, observations, ActionPipeline(postprocessor, env_postprocessor), source, b.revision,
+                        directory, policy.config, env_config)
 
 
 def build_adapter(recipe: Recipe, accelerator: Accelerator | None = None, show_progress: bool = True) -> SteerableAdapter:
-    accelerator = accelerator or Accelerator(cpu=True)
-    if recipe.base.type == "smolvla":
-        return _smolvla_adapter(recipe, ensure_base(recipe, accelerator, show_progress), accelerator.device)
-    policy = load_chunk_policy(ensure_base(recipe, accelerator, show_progress), device=accelerator.device)
-    obs_dim, action_dim = env_dims(recipe)
-    if (policy.config.obs_dim, policy.config.action_dim) != (obs_dim, action_dim):
-        raise ValueError(f"base policy expects obs_dim={policy.config.obs_dim}, action_dim={policy.config.action_dim} "
-                         f"but {recipe.env.id} has obs_dim={obs_dim}, action_dim={action_dim}")
-    return NativePolicyAdapter(policy)
+    return build_base(recipe, accelerator, show_progress).adapter

@@ -1,0 +1,245 @@
+"""The collector: training envs, observation processing and history, acting, transitions, episode statistics.
+
+One ``step`` is one *vectorised chunk step*: every env executes the ``n_action_steps`` actions decoded from the
+latent the caller chooses, and the collector returns the replay transition. It never touches a gradient, so on a
+robot it can run in its own process beside the learner (latents in, transitions out).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from vla_steer.adapters.base import Context, LatentLayout
+from vla_steer.config import Recipe
+from vla_steer.envs.registry import ActionChunk, SuccessInfo, make_env, task_description
+
+
+class NonFiniteError(RuntimeError):
+    """An environment produced NaN / inf; raised before the value can reach the replay buffer."""
+
+
+class MissingInputsError(ValueError):
+    """The env does not provide an observation the base policy reads."""
+
+
+def check_finite(name: str, value, step: int) -> None:
+    if isinstance(value, dict):  # dict observations (images, state, task text): every numeric entry
+        for key, entry in value.items():
+            if np.asarray(entry).dtype.kind in "fiub":
+                check_finite(f"{name} {key!r}", entry, step)
+        return
+    bad = ~np.isfinite(np.asarray(value, dtype=np.float64))
+    if bad.any():
+        envs = sorted(set(np.nonzero(bad.reshape(bad.shape[0], -1).any(1))[0].tolist()))
+        raise NonFiniteError(
+            f"{name} from env(s) {envs} is not finite (NaN/inf) at env step {step}; training stopped so the "
+            "replay buffer is not poisoned. Check the simulator (unstable physics, bad action scaling) or wrap "
+            "the env to sanitise its output."
+        )
+
+
+def with_final_observations(next_obs, info: dict, done: np.ndarray):
+    """The true next observation of every env: SAME_STEP autoreset puts a finished episode's last one in
+    ``info["final_obs"]`` (per env; a dict per env for dict observation spaces)."""
+    if not done.any():
+        return next_obs
+    finished = np.nonzero(done)[0]
+    if isinstance(next_obs, dict):
+        stored = {key: np.array(value, copy=True) for key, value in next_obs.items()}
+        for i in finished:
+            for key in stored:
+                stored[key][i] = info["final_obs"][i][key]
+        return stored
+    stored = next_obs.copy()
+    for i in finished:
+        stored[i] = info["final_obs"][i]
+    return stored
+
+
+def step_info(info: dict, done: np.ndarray, key: str) -> np.ndarray:
+    """Per-env value of ``key`` from a SAME_STEP-autoreset vector info: finished envs report it in ``final_info``."""
+    values = np.zeros(len(done), dtype=np.float64)
+    for source, rows in ((info, ~done), (info.get("final_info", {}), done)):
+        if key in source:
+            present = np.asarray(source.get(f"_{key}", np.ones(len(done), bool)), bool) & rows
+            values[present] = np.asarray(source[key], dtype=np.float64)[present]
+    return values
+
+
+def step_frames(info: dict, done: np.ndarray) -> list[list[dict]]:
+    """Per env, the executed steps :class:`ActionChunk` listed in ``info["frames"]`` (``keep_frames``)."""
+    frames = []
+    for i, finished in enumerate(done):
+        source = info.get("final_info", {}) if finished else info
+        frames.append(list(source["frames"][i]) if "frames" in source else [])
+    return frames
+
+
+def make_vector_env(recipe: Recipe, num_envs: int, seed: int, n_action_steps: int, n_obs_steps: int = 1,
+                    keep_frames: bool = False) -> gym.vector.VectorEnv:
+    """``num_envs`` chunked envs (SAME_STEP autoreset). A LeRobot env (``env.type``) is built by LeRobot's
+    ``make_env`` as ``lerobot-eval`` builds it; a built-in one by the registry."""
+    e = recipe.env
+
+    def factory(i):
+        def make():
+            if e.type is not None:
+                from vla_steer.envs.lerobot_envs import lerobot_env_config, make_lerobot_env
+
+                env = SuccessInfo(make_lerobot_env(lerobot_env_config(e.type, e.options)), e.reward_mode,
+                                  e.terminate_on_success, e.reward_scale)
+            else:
+                env = make_env(e.id, seed=seed + i, max_episode_steps=e.max_episode_steps, reward_mode=e.reward_mode,
+                               terminate_on_success=e.terminate_on_success, reward_scale=e.reward_scale,
+                               kwargs=e.kwargs, **e.observation_kwargs())
+            env.action_space.seed(seed + i)
+            return ActionChunk(env, n_action_steps, n_obs_steps, keep_frames)
+        return make
+
+    cls = gym.vector.AsyncVectorEnv if e.vectorization == "async" else gym.vector.SyncVectorEnv
+    return cls([factory(i) for i in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+class EpisodeTracker:
+    """Return, length and success of every env's running episode; finished episodes are appended to ``episodes``."""
+
+    def __init__(self, num_envs: int):
+        self.episodes: dict[str, list] = {"return": [], "success": [], "length": []}
+        self._return, self._length, self._success = np.zeros(num_envs), np.zeros(num_envs, int), np.zeros(num_envs, bool)
+
+    def update(self, reward, done, chunk_steps, success, active=None) -> np.ndarray:
+        """Add one chunk step; returns the indices of envs whose episode ended (and was ``active``)."""
+        active = np.ones(len(reward), bool) if active is None else active
+        self._return += reward * active
+        self._length += chunk_steps * active
+        self._success |= success & active
+        ended = np.nonzero(done & active)[0]
+        for i in ended:
+            self.episodes["return"].append(float(self._return[i]))
+            self.episodes["success"].append(bool(self._success[i]))
+            self.episodes["length"].append(int(self._length[i]))
+            self._return[i], self._length[i], self._success[i] = 0.0, 0, False
+        return ended
+
+
+class Collector:
+    """Acts in the training envs with a frozen base and whatever latent ``choose_latent(features)`` returns.
+
+    Args:
+        recipe: the env section and the discount settings.
+        base: the :class:`vla_steer.pipeline.SteeringBase` (adapter, observation and action pipelines).
+        layout: latent -> noise.
+        seed: seed of env 0 (env i gets ``seed + i``); reset seeds also depend on the iteration (see :meth:`reset`).
+        device: where observations are processed.
+        recorder: an optional :class:`vla_steer.data.recording.RolloutRecorder` receiving every executed step.
+    """
+
+    def __init__(self, recipe: Recipe, base, layout: LatentLayout, seed: int, recorder=None):
+        self.recipe, self.base, self.adapter, self.layout = recipe, base, base.adapter, layout
+        self.seed, self.recorder = seed, recorder
+        self.num_envs = recipe.env.num_envs
+        self.envs = make_vector_env(recipe, self.num_envs, seed, self.adapter.n_action_steps, self.adapter.n_obs_steps,
+                                    keep_frames=recorder is not None)
+        self.tracker = EpisodeTracker(self.num_envs)
+        self.env_steps = 0  # env steps actually executed by this collector
+        self.obs = self.context = None
+
+    # -- observations ------------------------------------------------------------------------------------
+    def tasks(self, envs: gym.vector.VectorEnv | None = None) -> list[str]:
+        """The task text of every env (LeRobot envs: as ``add_envs_task`` reads it; built-in: the env's instruction)."""
+        envs = envs or self.envs
+        if self.recipe.env.type is not None:
+            from vla_steer.envs.lerobot_envs import task_texts
+
+            return task_texts(envs)
+        return [task_description(self.recipe.env.id)] * envs.num_envs
+
+    def encode(self, obs, envs: gym.vector.VectorEnv | None = None) -> Context:
+        return self.adapter.encode(self.base.observations(obs, self.tasks(envs)))
+
+    def check_inputs(self, obs) -> None:
+        """Refuse an env whose processed observation lacks what the base reads, naming the keys and the fix."""
+        batch = self.base.observations(obs, self.tasks())
+        missing = self.adapter.missing_observation_keys(batch) if isinstance(batch, dict) else []
+        if missing:
+            given = sorted(key for key in batch if key.startswith("observation."))
+            raise MissingInputsError(
+                f"the base policy reads {', '.join(missing)}, which the env does not provide (after LeRobot's "
+                f"processing and base.rename_map the env gives {', '.join(given) or 'nothing'}). Map an env key to the "
+                "policy's with base.rename_map (e.g. base.rename_map: {observation.image: observation.images.top}) or "
+                "choose the env's observation type that carries it (e.g. env.obs_type)")
+
+    def reset(self, iteration: int) -> None:
+        """Reset every env (seeds depend on the iteration, so a resumed run starts fresh episodes) and encode."""
+        self.obs, _ = self.envs.reset(seed=[self.seed + iteration * 100 + i for i in range(self.num_envs)])
+        self.check_inputs(self.obs)
+        self.context = self.encode(self.obs)
+
+    # -- acting --------------------------------------------------------------------------------------------
+    def env_actions(self, context: Context, latent: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """``(normalised executed rows [B, k, A], env actions as numpy)`` for ``latent``."""
+        actions = self.adapter.decode(context, self.layout.to_noise(latent))[:, : self.adapter.n_action_steps]
+        return actions, self.base.actions(actions).detach().cpu().numpy()
+
+    def step(self, choose_latent: Callable[[torch.Tensor], torch.Tensor], discount_gamma: float,
+             discount_mode: str) -> dict[str, torch.Tensor]:
+        """Act once in every env; returns the replay transition (``features``, ``latent``, ``action`` (normalised,
+        flattened), ``reward`` (summed over the chunk), ``discount``, ``terminated``, ``next_features`` and, for
+        storable contexts, ``decode_state`` / ``next_decode_state``)."""
+        context = self.context
+        latent = choose_latent(context.features)
+        actions, env_actions = self.env_actions(context, latent)
+        next_obs, reward, terminated, truncated, info = self.envs.step(env_actions)
+        check_finite("reward", reward, self.env_steps)
+        check_finite("observation", next_obs, self.env_steps)
+        done = terminated | truncated
+        chunk_steps = step_info(info, done, "chunk_steps").astype(int)
+        self.env_steps += int(chunk_steps.sum())
+
+        stored_next = with_final_observations(next_obs, info, done)
+        if done.any():
+            check_finite("final observation", stored_next, self.env_steps)
+        next_context = self.encode(stored_next)
+        discount = discount_gamma ** chunk_steps if discount_mode == "env_step" else np.full(len(done), discount_gamma)
+        transition = {
+            "features": context.features, "latent": latent, "action": actions.flatten(1),
+            "reward": torch.as_tensor(reward, dtype=torch.float32), "discount": torch.as_tensor(discount, dtype=torch.float32),
+            "terminated": torch.as_tensor(terminated, dtype=torch.float32), "next_features": next_context.features,
+        }
+        if context.storable:
+            transition["decode_state"] = context.decode_state
+            transition["next_decode_state"] = next_context.decode_state
+        ended = self.tracker.update(reward, done, chunk_steps, step_info(info, done, "is_success") > 0)
+        if self.recorder is not None:
+            self._record(info, done, latent, ended)
+        # the context to act from next: reuse the encode unless an episode restarted
+        self.obs = next_obs
+        self.context = self.encode(next_obs) if done.any() else next_context
+        return transition
+
+    def _record(self, info: dict, done: np.ndarray, latent: torch.Tensor, ended: np.ndarray) -> None:
+        latent = latent.detach().float().cpu().numpy()
+        for i, frames in enumerate(step_frames(info, done)):
+            rows = [{**self._frame_observation(frame["observation"]), "action": frame["action"], "latent": latent[i],
+                     "reward": frame["reward"], "success": frame["success"], "done": frame["terminated"],
+                     "chunk_row": row} for row, frame in enumerate(frames)]
+            self.recorder.add_frames(i, rows)
+        for i in ended:
+            self.recorder.end_episode(int(i))
+
+    def _frame_observation(self, raw) -> dict[str, np.ndarray]:
+        """One env's raw observation (the newest frame of a history) keyed as LeRobot datasets key it."""
+        if self.adapter.n_obs_steps > 1:
+            raw = {key: value[-1] for key, value in raw.items()} if isinstance(raw, dict) else raw[-1]
+        batched = {key: np.asarray(value)[None] for key, value in raw.items()} if isinstance(raw, dict) else np.asarray(raw)[None]
+        frames = self.base.observations.frames(batched)
+        if isinstance(frames, torch.Tensor):
+            frames = {"observation.state": frames}
+        return {key: value[0].cpu().numpy() for key, value in frames.items()}
+
+    def close(self) -> None:
+        self.envs.close()

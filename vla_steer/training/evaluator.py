@@ -1,0 +1,115 @@
+"""The evaluator: fixed evaluation start states, base vs. steered, success / return / action entropy.
+
+Evaluation runs on its own envs seeded from ``EVAL_SEED`` (disjoint from every training seed: training env seeds
+are ``seed * 10_000 + process * 1_000 + i``, far below it) and on its own RNG stream, so base and steered policies
+see the same start states and evaluating never changes training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vla_steer.adapters.base import LatentLayout
+from vla_steer.config import Recipe
+from vla_steer.metrics import kozachenko_leonenko_entropy, summarize_episodes
+from vla_steer.steering.best_of_k import best_of_k
+from vla_steer.training.collector import Collector, EpisodeTracker, step_info
+
+EVAL_SEED = 1_000_000
+EVAL_TORCH_SEED = 12345
+
+
+class Evaluator:
+    """Evaluates the frozen base, or the base steered by an algorithm's head, on ``train.eval_episodes`` episodes.
+
+    Modes: ``base`` (the base with its own i.i.d. N(0, I) noise), ``policy`` (the head; best-of-K when
+    ``train.eval_best_of_k > 1``) and ``prior_latent`` (prior latents through the latent layout: the base under a
+    tiled latent).
+    """
+
+    def __init__(self, recipe: Recipe, base, layout: LatentLayout):
+        self.recipe, self.base, self.adapter, self.layout = recipe, base, base.adapter, layout
+
+    def evaluate(self, mode: str = "policy", algo=None) -> dict:
+        if mode != "base" and algo is None:
+            raise ValueError(f"evaluation mode {mode!r} needs the algorithm whose head acts")
+        devices = [self.adapter.device] if self.adapter.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(EVAL_TORCH_SEED)
+            return self._evaluate(mode, algo)
+
+    def _latent(self, algo, features: torch.Tensor, mode: str, deterministic: bool) -> torch.Tensor:
+        if mode == "prior_latent":
+            return algo.prior_latent(features.shape[0])
+        return algo.act(features, deterministic=deterministic).float()
+
+    def _act(self, collector: Collector, context, mode: str, algo, deterministic: bool):
+        """``(normalised executed rows, env actions, latent norm)`` for one batch of contexts."""
+        t = self.recipe.train
+        if mode == "base":
+            noise = self.adapter.sample_prior_noise(context.batch_size)
+            actions = self.adapter.decode(context, noise)[:, : self.adapter.n_action_steps]
+            return actions, collector.base.actions(actions).cpu().numpy(), noise.flatten(1).norm(dim=-1)
+        if mode == "policy" and t.eval_best_of_k > 1:
+            latent, actions = best_of_k(algo, self.adapter, self.layout, context, t.eval_best_of_k, deterministic)
+            if actions is None:
+                actions = self.adapter.decode(context, self.layout.to_noise(latent))
+            actions = actions[:, : self.adapter.n_action_steps]
+            return actions, collector.base.actions(actions).cpu().numpy(), self.layout.to_noise(latent).flatten(1).norm(dim=-1)
+        latent = self._latent(algo, context.features, mode, deterministic)
+        actions, env_actions = collector.env_actions(context, latent)
+        return actions, env_actions, self.layout.to_noise(latent).flatten(1).norm(dim=-1)
+
+    def _evaluate(self, mode: str, algo) -> dict:
+        t = self.recipe.train
+        n_envs = min(t.eval_num_envs, t.eval_episodes)
+        quota = np.array([t.eval_episodes // n_envs + (i < t.eval_episodes % n_envs) for i in range(n_envs)])
+        eval_recipe = _with_num_envs(self.recipe, n_envs)
+        collector = Collector(eval_recipe, self.base, self.layout, seed=EVAL_SEED)
+        obs, _ = collector.envs.reset(seed=[EVAL_SEED + i for i in range(n_envs)])  # same start states every time
+        tracker, finished = EpisodeTracker(n_envs), np.zeros(n_envs, int)
+        entropy_contexts, latent_norms, delta_norms = [], [], []
+        while (finished < quota).any():
+            context = collector.encode(obs)
+            if len(entropy_contexts) * n_envs < t.entropy_states:
+                entropy_contexts.append(context)
+            _, env_actions, norm = self._act(collector, context, mode, algo, t.eval_deterministic)
+            latent_norms.append(norm)
+            if mode == "policy" and hasattr(algo, "delta_net"):
+                delta_norms.append(algo.delta_net(context.features).norm(dim=-1))
+            obs, reward, terminated, truncated, info = collector.envs.step(env_actions)
+            done = terminated | truncated
+            ended = tracker.update(reward, done, step_info(info, done, "chunk_steps").astype(int),
+                                   step_info(info, done, "is_success") > 0, active=finished < quota)
+            finished[ended] += 1
+        collector.close()
+        e = tracker.episodes
+        metrics = summarize_episodes(e["return"], e["success"], e["length"])
+        metrics["action_entropy"] = self._action_entropy(entropy_contexts, mode, algo, collector)
+        metrics["noise_norm"] = float(torch.cat(latent_norms).mean())
+        if delta_norms:
+            metrics["delta_norm"] = float(torch.cat(delta_norms).mean())
+        return metrics
+
+    def _action_entropy(self, contexts, mode: str, algo, collector: Collector) -> float:
+        """Mean k-NN entropy of the executed env actions over K draws per state: each context is encoded once and
+        repeated K times (works for contexts that cannot be concatenated, such as VLA KV caches)."""
+        t = self.recipe.train
+        per_state, remaining = [], t.entropy_states
+        for context in contexts:
+            repeated = self.adapter.repeat_context(context, t.entropy_draws)
+            # stochastic draws even when evaluation acts deterministically; best-of-K: the entropy of what it executes
+            actions = torch.as_tensor(self._act(collector, repeated, mode, algo, deterministic=False)[1])
+            samples = actions.flatten(1).reshape(context.batch_size, t.entropy_draws, -1).float()[:remaining]
+            per_state.append(kozachenko_leonenko_entropy(samples, k=3))
+            remaining -= samples.shape[0]
+            if remaining <= 0:
+                break
+        return float(torch.cat(per_state).mean())
+
+
+def _with_num_envs(recipe: Recipe, num_envs: int) -> Recipe:
+    import dataclasses
+
+    return dataclasses.replace(recipe, env=dataclasses.replace(recipe.env, num_envs=num_envs))

@@ -1,0 +1,105 @@
+"""The exporter: what a finished run leaves behind — ``results.json``, ``learning_curve.png`` and ``head/``.
+
+``head/`` holds the head in the hub format (``head_config.json`` + ``head.safetensors``: the acting modules plus
+the latent critic Q^W(s, z), for best-of-K selection in a deployed policy). ``results.json`` says what was
+steered (the base's source, revision and fingerprint), with which code (git commit, package versions, hardware)
+and how it did (base and steered metrics per evaluation, on the evaluation seeds it names).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+
+def run_provenance(trainer) -> dict:
+    """Where the base came from, the code and the machine: what a reader needs to trust or rerun a result."""
+    from vla_steer.hub.fingerprint import base_fingerprint
+    from vla_steer.training.evaluator import EVAL_SEED
+
+    base = trainer.base
+    t = trainer.recipe.train
+    return {
+        "base_policy": {"source": base.source, "revision": base.revision, "family": trainer.adapter.family,
+                 "fingerprint": base_fingerprint(trainer.adapter)},
+        "evaluation_seeds": [EVAL_SEED + i for i in range(min(t.eval_num_envs, t.eval_episodes))],
+        "training_env_seed": trainer.env_seed,
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "hardware": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                     "num_processes": trainer.accelerator.num_processes, "torch_threads": torch.get_num_threads()},
+    }
+
+
+def export_run(trainer, wall_time: float) -> dict:
+    """Write ``results.json``, the learning curve and ``head/`` for a finished run (main process only)."""
+    from vla_steer.training.plots import plot_learning_curve
+
+    recipe, history = trainer.recipe, trainer.history
+    env = recipe.env.id if recipe.env.type is None else f"{recipe.env.type}/{recipe.env.options.get('task', '')}"
+    results = {
+        "recipe": recipe.name, "task": env, "method": recipe.algorithm.name, "seed": recipe.train.seed,
+        "env_steps": history[-1]["env_steps"] if history else 0, "updates": trainer.updates,
+        "num_processes": trainer.accelerator.num_processes, "wall_time_s": wall_time,
+        "base": trainer.base_metrics, "final": history[-1] if history else {}, "history": history,
+        "config": recipe.to_dict(), **run_provenance(trainer),
+    }
+    output_dir = trainer.output_dir
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    results["plot"] = str(plot_learning_curve(results, output_dir / "learning_curve.png"))
+    save_head(trainer, output_dir / "head")
+    return results
+
+
+def save_head(trainer, directory: Path) -> Path:
+    """The trained head's weights (safetensors) and what it was trained on (JSON)."""
+    from safetensors.torch import save_file
+
+    from vla_steer.hub.fingerprint import base_fingerprint
+    from vla_steer.steering.best_of_k import latent_critic
+
+    algo, recipe = trainer.algo, trainer.recipe
+    directory.mkdir(parents=True, exist_ok=True)
+    modules = {**algo.head_modules(), "critic": latent_critic(algo)}
+    tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
+               for name, module in modules.items() for k, v in module.state_dict().items()}
+    save_file(tensors, directory / "head.safetensors")
+    (directory / "head_config.json").write_text(json.dumps({
+        "critic": "latent", "algorithm": recipe.algorithm.name, "head": asdict(recipe.head),
+        "noise_shape": list(trainer.adapter.noise_shape), "latent_shape": list(trainer.layout.latent_shape),
+        "feature_dim": trainer.adapter.feature_dim, "adapter": trainer.adapter.family,
+        "env": recipe.env.id or recipe.env.type, "base_fingerprint": base_fingerprint(trainer.adapter)}, indent=2))
+    return directory
+
+
+def git_commit() -> str | None:
+    """The commit of the vla_steer checkout this runs from, with ``+dirty`` when it has uncommitted changes."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("vla_steer", "torch", "lerobot", "transformers", "accelerate", "mujoco", "metaworld", "gymnasium",
+                "gymnasium-robotics", "gym-pusht"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
