@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import gymnasium as gym
 from accelerate import Accelerator
 
@@ -124,6 +126,18 @@ class SteeringBase:
     directory: Path | None = None
     policy_config: Any = None
     lerobot_env_config: Any = None
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Env-space actions (a dataset's) -> the space the adapter decodes into and the replay buffer keeps: the
+        policy's own action normalisation for LeRobot bases, the identity for built-in ones."""
+        from lerobot.processor import NormalizerProcessorStep
+        from lerobot.utils.constants import ACTION
+
+        steps = getattr(self.observations.preprocessor, "steps", None) or []
+        normalizer = next((step for step in steps if isinstance(step, NormalizerProcessorStep)), None)
+        if normalizer is None or ACTION not in normalizer.features:
+            return actions
+        return normalizer._normalize_action(actions.to(self.adapter.device), inverse=False)
 
 
 def is_builtin_base(directory: Path) -> bool:

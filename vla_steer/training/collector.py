@@ -135,15 +135,16 @@ class Collector:
         layout: latent -> noise.
         seed: seed of env 0 (env i gets ``seed + i``); reset seeds also depend on the iteration (see :meth:`reset`).
         device: where observations are processed.
-        recorder: an optional :class:`vla_steer.data.recording.RolloutRecorder` receiving every executed step.
+        record_to: record every executed step there as a LeRobotDataset (appending to an earlier recording of the same
+            run), through :class:`vla_steer.data.recording.RolloutRecorder`, flushed per finished episode.
     """
 
-    def __init__(self, recipe: Recipe, base, layout: LatentLayout, seed: int, recorder=None):
+    def __init__(self, recipe: Recipe, base, layout: LatentLayout, seed: int, record_to=None):
         self.recipe, self.base, self.adapter, self.layout = recipe, base, base.adapter, layout
-        self.seed, self.recorder = seed, recorder
+        self.seed, self.record_to, self.recorder = seed, record_to, None
         self.num_envs = recipe.env.num_envs
         self.envs = make_vector_env(recipe, self.num_envs, seed, self.adapter.n_action_steps, self.adapter.n_obs_steps,
-                                    keep_frames=recorder is not None)
+                                    keep_frames=record_to is not None)
         self.tracker = EpisodeTracker(self.num_envs)
         self.env_steps = 0  # env steps actually executed by this collector
         self.obs = self.context = None
@@ -214,7 +215,7 @@ class Collector:
             transition["decode_state"] = context.decode_state
             transition["next_decode_state"] = next_context.decode_state
         ended = self.tracker.update(reward, done, chunk_steps, step_info(info, done, "is_success") > 0)
-        if self.recorder is not None:
+        if self.record_to is not None:
             self._record(info, done, latent, ended)
         # the context to act from next: reuse the encode unless an episode restarted
         self.obs = next_obs
@@ -227,19 +228,39 @@ class Collector:
             rows = [{**self._frame_observation(frame["observation"]), "action": frame["action"], "latent": latent[i],
                      "reward": frame["reward"], "success": frame["success"], "done": frame["terminated"],
                      "chunk_row": row} for row, frame in enumerate(frames)]
+            if self.recorder is None:
+                self.recorder = self._open_recorder(rows[0], latent.shape[1])
             self.recorder.add_frames(i, rows)
         for i in ended:
             self.recorder.end_episode(int(i))
 
     def _frame_observation(self, raw) -> dict[str, np.ndarray]:
-        """One env's raw observation (the newest frame of a history) keyed as LeRobot datasets key it."""
-        if self.adapter.n_obs_steps > 1:
-            raw = {key: value[-1] for key, value in raw.items()} if isinstance(raw, dict) else raw[-1]
+        """One env's raw single-frame observation keyed as LeRobot datasets key it."""
         batched = {key: np.asarray(value)[None] for key, value in raw.items()} if isinstance(raw, dict) else np.asarray(raw)[None]
         frames = self.base.observations.frames(batched)
         if isinstance(frames, torch.Tensor):
             frames = {"observation.state": frames}
         return {key: value[0].cpu().numpy() for key, value in frames.items()}
 
+    def _open_recorder(self, frame: dict, latent_dim: int):
+        """The recorder, its observation features read off the first frame (images: ``[3, H, W]`` floats)."""
+        from pathlib import Path
+
+        from vla_steer.data.recording import RolloutRecorder
+
+        features = {}
+        for key, value in frame.items():
+            if key.startswith("observation."):
+                value = np.asarray(value)
+                features[key] = ({"dtype": "image", "shape": (value.shape[1], value.shape[2], value.shape[0])}
+                                 if value.ndim == 3 else {"dtype": "float32", "shape": value.shape})
+        config = self.base.lerobot_env_config
+        root = Path(self.record_to)
+        return RolloutRecorder(root, fps=getattr(config, "fps", 30), observation_features=features,
+                               action_dim=int(np.asarray(frame["action"]).shape[0]), latent_dim=latent_dim,
+                               task=self.tasks()[0], append=root.exists())
+
     def close(self) -> None:
         self.envs.close()
+        if self.recorder is not None:
+            self.recorder.close()

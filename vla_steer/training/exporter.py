@@ -42,7 +42,7 @@ def export_run(trainer, wall_time: float) -> dict:
     from vla_steer.training.plots import plot_learning_curve
 
     recipe, history = trainer.recipe, trainer.history
-    env = recipe.env.id if recipe.env.type is None else f"{recipe.env.type}/{recipe.env.options.get('task', '')}"
+    env = recipe.env.id if recipe.env.type is None else f"{recipe.env.type}/{trainer.base.lerobot_env_config.task}"
     results = {
         "recipe": recipe.name, "task": env, "method": recipe.algorithm.name, "seed": recipe.train.seed,
         "env_steps": history[-1]["env_steps"] if history else 0, "updates": trainer.updates,

@@ -68,8 +68,7 @@ class SteeringTrainer:
         self._check_algorithm_fits()
         self.learner = Learner(recipe, self.algo, acc, sampler_seed=t.seed * 7919 + acc.process_index)
         self.env_seed = t.seed * 10_000 + acc.process_index * 1_000
-        recorder = self._make_recorder() if t.record_rollouts else None
-        self.collector = Collector(recipe, base, self.layout, self.env_seed, recorder)
+        self.collector = Collector(recipe, base, self.layout, self.env_seed, self._recording_dir())
         self.evaluator = Evaluator(recipe, base, self.layout)
 
         steps_per_iteration = recipe.env.num_envs * self.adapter.n_action_steps * acc.num_processes
@@ -103,10 +102,38 @@ class SteeringTrainer:
                 f"{type(self.adapter).__name__} context (a VLM KV cache) is too large to store: use "
                 "algorithm.name: dsrl_sac, or lpds with algorithm.critic: latent")
 
-    def _make_recorder(self):
-        from vla_steer.data.recording import RolloutRecorder
+    def _recording_dir(self) -> Path | None:
+        """Where this process records its rollouts (``train.record_rollouts``): ``rollouts`` (``rollouts_rank<r>``)."""
+        if not self.recipe.train.record_rollouts:
+            return None
+        rank = self.accelerator.process_index
+        return self.output_dir / ("rollouts" if rank == 0 else f"rollouts_rank{rank}")
 
-        return RolloutRecorder.for_run(self)
+    def load_offline_data(self) -> None:
+        """Encode the offline dataset (``offline.dataset``) into chunk transitions for the learner's second buffer."""
+        from vla_steer.data.offline import offline_chunk_transitions
+
+        source = self.recipe.offline.dataset
+        if source == "demos":
+            from vla_steer.pipeline import ensure_demos
+
+            root = ensure_demos(self.recipe, show_progress=False)
+        else:
+            root = Path(source).expanduser()
+        a, observations = self.recipe.algorithm, self.base.observations
+        if observations.preprocessor is None:  # built-in MLP policies read the flat state
+            to_policy_batch, encode = None, lambda batch: self.adapter.encode(batch["observation.state"].to(self.accelerator.device))
+        else:
+            def to_policy_batch(frames):
+                frames = observations.env_preprocessor(frames) if observations.env_preprocessor is not None else frames
+                return observations.preprocessor(frames)
+            encode = self.adapter.encode
+        transitions = offline_chunk_transitions(
+            root, n_action_steps=self.adapter.n_action_steps, n_obs_steps=self.adapter.n_obs_steps, gamma=a.gamma,
+            discount_mode=a.discount_mode, to_policy_batch=to_policy_batch, encode=encode,
+            normalize_action=self.base.normalize_actions, latent_dim=self.layout.latent_dim,
+            show_progress=self.recipe.train.show_progress and self.accelerator.is_main_process)
+        self.learner.set_offline(transitions)
 
     def evaluate(self, mode: str = "policy") -> dict:
         return self.evaluator.evaluate(mode, self.algo)
@@ -222,6 +249,11 @@ class SteeringTrainer:
             if t.log_with and not resumed:
                 acc.init_trackers(self.recipe.name, config={k: str(v) for k, v in self.recipe.to_dict().items()})
         self.collector.reset(self.iteration)  # checks the env gives the base its inputs, before any evaluation
+        if self.recipe.offline.dataset:
+            self.load_offline_data()
+            if not resumed and self.recipe.offline.pretrain_updates:
+                metrics = self.learner.pretrain_critic(self.recipe.offline.pretrain_updates, t.show_progress and acc.is_main_process)
+                self.log({"event": "offline_pretrain", "env_steps": 0, **{f"offline/{k}": v for k, v in metrics.items()}})
         if self.base_metrics is None:
             self.base_metrics = self.evaluate("base") if acc.is_main_process else {}
             if self.layout.name != "full" and acc.is_main_process:
@@ -267,8 +299,8 @@ class SteeringTrainer:
                 for _ in range(updates_per_iteration):
                     last = self.learner.update()
         progress.close()
-        self.collector.close()
         self.save_checkpoint(updates_pending=False)
+        self.collector.close()
         results = export_run(self, time.time() - start) if acc.is_main_process else {}
         acc.wait_for_everyone()
         if t.log_with:

@@ -1,0 +1,230 @@
+"""The LeRobot-native path: ``vla-steer train`` on a LeRobot checkpoint written by LeRobot's own save, in LeRobot's
+envs (``pusht`` from gym-pusht, this project's ``vla_steer_meta_world``), fed exactly as ``lerobot-eval`` feeds it.
+
+What is checked on real parts (tiny random LeRobot policies, real simulators, real LeRobotDatasets):
+* training runs from ``base.path`` (a directory, or a Hub repo id + revision through a hand-built HF cache offline);
+* the adapter's decode equals the policy's own ``predict_action_chunk(noise=...)`` on the processed observation;
+* with ``n_obs_steps=2`` the features the trainer computes equal those the deployed ``steered`` policy computes in
+  a ``lerobot-eval``-style loop (same env seed, same deterministic head);
+* bad bases / envs fail before any work, naming the missing keys and the fix;
+* rollouts recorded as a LeRobotDataset reload with LeRobot.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tiny_common import save_pusht_diffusion_base, save_with_processors
+from vla_steer.cli import main as cli
+from vla_steer.config import RecipeError, recipe_from_dict
+from vla_steer.training import SteeringTrainer
+from vla_steer.training.collector import Collector, MissingInputsError
+
+PUSHT_STATE = {"type": "pusht", "obs_type": "environment_state_agent_pos", "episode_length": 40, "num_envs": 2}
+
+
+def native_recipe(tmp_path: Path, base_path: str, env: dict | None = None, **sections) -> dict:
+    recipe = {
+        "name": "lerobot_native",
+        "env": dict(env or PUSHT_STATE),
+        "base": {"path": base_path, "adapter_kwargs": {"num_inference_steps": 4}},
+        "head": {"hidden_dim": 32, "num_layers": 2, "bound": 3.0},
+        "algorithm": {"name": "lpds", "batch_size": 32},
+        "train": {"total_env_steps": 320, "warmup_env_steps": 80, "eval_every": 160, "eval_episodes": 2,
+                  "eval_num_envs": 2, "entropy_states": 4, "entropy_draws": 8, "checkpoint_every": 160,
+                  "output_dir": str(tmp_path / "run"), "show_progress": False, "buffer_size": 10_000,
+                  "torch_threads": 1},
+    }
+    for section, values in sections.items():
+        recipe[section] = {**recipe.get(section, {}), **values}
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def pusht_base(tmp_path_factory) -> Path:
+    return save_pusht_diffusion_base(tmp_path_factory.mktemp("pusht_base") / "pretrained_model")
+
+
+def save_fast_metaworld_diffusion_base(directory: Path) -> Path:
+    """A tiny random DiffusionPolicy reading ``vla_steer_meta_world``'s state observations (4-d hand, 39-d env)."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
+
+    config = DiffusionConfig(
+        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (4,)),
+                        "observation.environment_state": PolicyFeature(FeatureType.ENV, (39,))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (4,))},
+        n_obs_steps=2, horizon=8, n_action_steps=4, down_dims=(16, 32), kernel_size=3, n_groups=4,
+        diffusion_step_embed_dim=16, device="cpu")
+    torch.manual_seed(0)
+    span = lambda n: {"min": -torch.ones(n), "max": torch.ones(n)}  # noqa: E731
+    stats = {"observation.state": span(4), "observation.environment_state": span(39), "action": span(4)}
+    return save_with_processors(DiffusionPolicy(config), *make_diffusion_pre_post_processors(config, dataset_stats=stats),
+                                directory)
+
+
+# -------------------------------------------------------------------------------------------------------------
+def lerobot_chunk(policy, batch: dict, noise: torch.Tensor) -> torch.Tensor:
+    """LeRobot's own ``predict_action_chunk(noise=...)``, its observation queues filled frame by frame from a
+    processed history batch ``[B, n_obs_steps, ...]`` (what its ``select_action`` would have queued)."""
+    from lerobot.policies.utils import populate_queues
+
+    policy.reset()
+    keys = [key for key in policy.config.input_features if key in batch]
+    for t in range(policy.config.n_obs_steps):
+        policy._queues = populate_queues(policy._queues, {key: batch[key][:, t] for key in keys})
+    return policy.predict_action_chunk({key: batch[key][:, -1] for key in keys}, noise=noise)
+
+
+@pytest.mark.parametrize("algorithm", [{"name": "lpds", "critic": "action"}, {"name": "dsrl_sac"}])
+def test_train_on_a_lerobot_checkpoint_in_pusht(pusht_base, tmp_path, algorithm):
+    recipe = recipe_from_dict(native_recipe(tmp_path, str(pusht_base), algorithm=algorithm))
+    trainer = SteeringTrainer(recipe)
+    results = trainer.run()
+    assert trainer.env_steps >= 300 and trainer.updates > 0
+    assert results["base_policy"]["source"] == str(pusht_base) and results["task"] == "pusht/PushT-v0"
+    assert (tmp_path / "run" / "head" / "head.safetensors").is_file()
+
+    # the head's decode is LeRobot's own chunk for the noise it picks, on the processed observation
+    collector = trainer.collector
+    raw, _ = collector.envs.reset(seed=[7, 8])
+    batch = trainer.base.observations(raw, collector.tasks())
+    assert batch["observation.state"].shape == (2, 2, 2), "a history of n_obs_steps=2 processed frames"
+    context = trainer.adapter.encode(batch)
+    noise = trainer.layout.to_noise(trainer.algo.act(context.features, deterministic=True))
+    ours = trainer.adapter.decode(context, noise)
+    theirs = lerobot_chunk(trainer.adapter.policy, batch, noise)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    collector.close()
+
+
+def test_cli_trains_from_a_hub_repo_id_at_a_revision_offline(pusht_base, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    from test_hub import add_to_hf_cache
+
+    cache = tmp_path / "hf_cache"
+    commit = "a" * 40
+    add_to_hf_cache(cache, "org/pusht-diffusion", commit, pusht_base, ref=None)  # reachable only by its commit
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = native_recipe(tmp_path, "org/pusht-diffusion", base={"revision": commit}, train={"total_env_steps": 160})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli(["train", str(tmp_path / "r.yaml")]) in (None, 0)
+    out = capsys.readouterr().out
+    assert "pusht/PushT-v0" in out and "steered" in out
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["base_policy"] == {**results["base_policy"], "source": "org/pusht-diffusion", "revision": commit}
+
+
+def test_training_features_equal_the_deployed_steered_policys(pusht_base, tmp_path):
+    """n_obs_steps=2: the collector keeps LeRobot's observation history, so the features the head was trained on
+    are the features the deployed ``steered`` policy computes in a lerobot-eval loop (same seed, same actions)."""
+    from lerobot.envs.factory import make_env
+    from lerobot.envs.utils import add_envs_task, preprocess_observation
+
+    from vla_steer.envs.lerobot_envs import lerobot_env_config
+    from vla_steer.lerobot_policy import ActingHead, SteeredPolicy
+    from vla_steer.pipeline import build_base, load_lerobot_policy
+
+    recipe = recipe_from_dict(native_recipe(tmp_path, str(pusht_base), env={**PUSHT_STATE, "num_envs": 1},
+                                            train={"total_env_steps": 160}))
+    trainer = SteeringTrainer(recipe)
+    trainer.run()
+    chunks, seed = 6, 11
+
+    # the trainer's side: its collector on one env, the head acting deterministically
+    collector = Collector(recipe, build_base(recipe), trainer.layout, seed=seed)
+    collector.reset(iteration=0)
+    trained = [collector.context.features]
+    for _ in range(chunks - 1):
+        collector.step(lambda f: trainer.algo.act(f, deterministic=True), 0.99, "chunk")
+        trained.append(collector.context.features)
+    collector.close()
+
+    # the deployed side: LeRobot's env, LeRobot's processing, the steered policy's select_action
+    policy, preprocessor, postprocessor = load_lerobot_policy(pusht_base, "cpu")
+    steered = SteeredPolicy.from_base(policy, ActingHead.from_run(tmp_path / "run"), base_path=str(pusht_base),
+                                      adapter_kwargs={"num_inference_steps": 4}, deterministic=True)
+    deployed, encode = [], steered.adapter.encode
+
+    def encode_and_keep(batch):  # a spy on the real encode: keeps the features the deployed head reads
+        context = encode(batch)
+        deployed.append(context.features)
+        return context
+
+    steered.adapter.encode = encode_and_keep
+    env = next(iter(make_env(lerobot_env_config("pusht", PUSHT_STATE_OPTIONS), n_envs=1)["pusht"].values()))
+    obs, _ = env.reset(seed=[seed])
+    steered.reset()
+    for _ in range(chunks * steered.n_action_steps):
+        batch = preprocessor(add_envs_task(env, preprocess_observation(obs)))
+        with torch.no_grad():
+            action = postprocessor(steered.select_action(batch))
+        obs, *_ = env.step(action.numpy())
+    env.close()
+    assert len(deployed) >= chunks
+    for step, (ours, theirs) in enumerate(zip(trained, deployed)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5, msg=f"features differ at chunk {step}")
+
+
+PUSHT_STATE_OPTIONS = {key: value for key, value in PUSHT_STATE.items() if key not in ("type", "num_envs")}
+
+
+def test_missing_policy_inputs_fail_before_any_rollout(pusht_base, tmp_path):
+    """PushT's pixel observations lack the environment state this base reads: refused before the base is
+    evaluated, naming the key and the fix."""
+    recipe = recipe_from_dict(native_recipe(tmp_path, str(pusht_base),
+                                            env={**PUSHT_STATE, "obs_type": "pixels_agent_pos"}))
+    trainer = SteeringTrainer(recipe)
+    with pytest.raises(MissingInputsError, match=r"observation\.environment_state.*rename_map"):
+        trainer.run()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists(), "nothing ran before the check"
+
+
+def test_bad_bases_and_envs_are_refused_with_the_fix(pusht_base, tmp_path):
+    other = tmp_path / "act"
+    shutil.copytree(pusht_base, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "type": "act"}))
+    with pytest.raises(ValueError, match=r"'act' policy, which no adapter steers; supported types: diffusion, pi0"):
+        SteeringTrainer(recipe_from_dict(native_recipe(tmp_path, str(other))))
+    (other / "policy_preprocessor.json").unlink()
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FileNotFoundError, match="lacks policy_preprocessor.json.*lerobot-train"):
+        SteeringTrainer(recipe_from_dict(native_recipe(tmp_path, str(other))))
+    with pytest.raises(RecipeError, match="Did you mean 'obs_type'"):
+        recipe_from_dict(native_recipe(tmp_path, str(pusht_base), env={"type": "pusht", "obs_typ": "x"}))
+    with pytest.raises(RecipeError, match="needs a LeRobot base"):
+        recipe_from_dict({"env": {"type": "pusht"}})
+
+
+def test_fast_metaworld_env_type_with_recorded_rollouts(tmp_path):
+    """This project's fast Meta-World as a LeRobot env type, and rollouts recorded as a LeRobotDataset."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    base = save_fast_metaworld_diffusion_base(tmp_path / "mw_base")
+    env = {"type": "vla_steer_meta_world", "task": "push-v3", "episode_length": 24, "num_envs": 2}
+    recipe = recipe_from_dict(native_recipe(tmp_path, str(base), env=env, train={"total_env_steps": 160,
+                                                                               "record_rollouts": True}))
+    trainer = SteeringTrainer(recipe)
+    trainer.run()
+    dataset = LeRobotDataset("local/rollouts", root=tmp_path / "run" / "rollouts")
+    finished = len(trainer.collector.tracker.episodes["length"])
+    assert dataset.num_episodes == finished >= 4
+    assert dataset.num_frames == sum(trainer.collector.tracker.episodes["length"])
+    frame = dataset[0]
+    assert frame["observation.environment_state"].shape == (39,) and frame["steering.latent"].shape == (32,)
+    assert dataset.meta.tasks.index[0] == "Push the puck to a goal"
+    returns = np.array(trainer.collector.tracker.episodes["return"])
+    rewards = torch.stack([dataset[i]["next.reward"] for i in range(dataset.num_frames)]).reshape(-1)
+    assert np.isclose(rewards.sum().item(), returns.sum(), atol=1e-3)
