@@ -112,12 +112,13 @@ def build_head(adapter, device: str):
 
     from vla_steer.adapters.base import LatentLayout
     from vla_steer.algorithms import build_algorithm
-    from vla_steer.config import AlgorithmConfig, HeadConfig
+    from vla_steer.algorithms.configs import LPDSConfig
+    from vla_steer.config import HeadConfig
 
     head = HeadConfig()
     layout = LatentLayout(head.latent_layout, adapter.noise_shape)
     accelerator = Accelerator(cpu=torch.device(device).type == "cpu")
-    algo = build_algorithm(AlgorithmConfig(name="lpds", critic="latent"), head, adapter, layout, accelerator)
+    algo = build_algorithm(LPDSConfig(critic="latent"), head, adapter, layout, accelerator)
     return algo, layout, head
 
 

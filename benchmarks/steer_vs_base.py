@@ -17,6 +17,21 @@ from vla_steer.training import SteeringTrainer
 RESULTS = Path(__file__).parent / "results"
 
 
+def run_name(recipe) -> str:
+    """``<env>[_<base>]``: built-in DDIM bases keep their historic names; LeRobot checkpoints say ``lerobot_<type>``."""
+    if recipe.env.type is not None:
+        env = f"{recipe.env.type}_{recipe.env.options.get('task', '')}"
+    else:
+        env = recipe.env.id.replace("/", "_")
+    if recipe.base.path:
+        from vla_steer.pipeline import base_directory, is_builtin_base
+
+        directory = base_directory(recipe)
+        kind = "" if is_builtin_base(directory) else "_lerobot_" + json.loads((directory / "config.json").read_text())["type"]
+        return env + kind
+    return env + ("" if recipe.base.type == "diffusion" else f"_{recipe.base.type}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe")
@@ -28,8 +43,7 @@ def main() -> None:
         recipe = load_recipe(args.recipe, args.overrides + [f"train.seed={seed}", "train.resume=false",
                                                             f"train.output_dir=runs/bench/{Path(args.recipe).stem}/seed{seed}"])
         results = SteeringTrainer(recipe).run()
-        base_tag = "" if recipe.base.type == "diffusion" else f"_{recipe.base.type}"  # built-in DDIM: historic names
-        stem = f"{recipe.env.id.replace('/', '_')}{base_tag}_{recipe.algorithm.name}_seed{seed}"
+        stem = f"{run_name(recipe)}_{recipe.algorithm.name}_seed{seed}"
         results.pop("plot", None)
         (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2))
         shutil.copy(Path(recipe.train.output_dir) / "learning_curve.png", RESULTS / f"{stem}.png")

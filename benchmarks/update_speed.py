@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from vla_steer.algorithms import build_algorithm
+from vla_steer.algorithms.configs import AlgorithmConfig, algorithm_config, field_names
 from vla_steer.config import load_recipe
 from vla_steer.training import SteeringTrainer
 
@@ -43,15 +44,16 @@ def main() -> None:
     recipe = load_recipe(args.recipe, args.overrides + ["train.show_progress=false", "train.resume=false",
                                                         "train.output_dir=runs/bench/update_speed"])
     trainer = SteeringTrainer(recipe)
-    obs, _ = trainer.envs.reset(seed=0)
-    context = trainer.adapter.encode(trainer._obs_tensor(obs))
+    trainer.collector.reset(iteration=0)
     while trainer.env_steps < args.fill_env_steps:
-        obs, context = trainer.collect(obs, context, "prior")
-    trainer.envs.close()
+        trainer.collect(warm=True)
+    trainer.collector.close()
 
     algorithms = {}
     for name, fields in VARIANTS.items():
-        cfg = dataclasses.replace(recipe.algorithm, **fields)
+        own = dataclasses.asdict(recipe.algorithm)  # the recipe's values where the variant is its method
+        shared = own if fields["name"] == recipe.algorithm.name else {k: own[k] for k in field_names(AlgorithmConfig)}
+        cfg = algorithm_config(**{**shared, **fields})
         algorithms[name] = build_algorithm(cfg, recipe.head, trainer.adapter, trainer.layout, trainer.accelerator)
     generator = torch.Generator().manual_seed(0)
     seconds = {name: 0.0 for name in algorithms}

@@ -33,11 +33,12 @@ def test_bad_recipes_fail_with_clear_message(bad, message):
 
 
 def test_overrides_are_typed():
-    recipe = recipe_from_dict({}, ["train.seed=3", "algorithm.target_entropy=auto", "env.max_episode_steps=null",
-                                   "algorithm.delta=0.5", "train.log_with=[tensorboard]"])
-    assert recipe.train.seed == 3 and recipe.algorithm.target_entropy == "auto"
-    assert recipe.env.max_episode_steps is None and recipe.algorithm.delta == 0.5
+    recipe = recipe_from_dict({}, ["train.seed=3", "env.max_episode_steps=null", "algorithm.delta=0.5",
+                                   "train.log_with=[tensorboard]"])
+    assert recipe.train.seed == 3 and recipe.env.max_episode_steps is None and recipe.algorithm.delta == 0.5
     assert recipe.train.log_with == ["tensorboard"]
+    recipe = recipe_from_dict({}, ["algorithm.name=dsrl_sac", "algorithm.target_entropy=auto"])
+    assert recipe.algorithm.name == "dsrl_sac" and recipe.algorithm.target_entropy == "auto"
     with pytest.raises(RecipeError, match="must look like section.field=value"):
         recipe_from_dict({}, ["train.seed"])
 

@@ -25,9 +25,8 @@ from tiny_common import save_pusht_diffusion_base
 from vla_steer.adapters.base import LatentLayout
 from vla_steer.cli import main as cli
 from vla_steer.config import HeadConfig
-from vla_steer.hub import BaseMismatchError, HeadFormatError, Limits, load_steered, prepare_upload, validate_directory
-from vla_steer.hub.api import SteeredChunkPolicy
-from vla_steer.lerobot_policy import ActingHead, SteeredPolicy
+from vla_steer.hub import BaseMismatchError, HeadFormatError, Limits, prepare_upload, validate_directory
+from vla_steer.lerobot_policy import ActingHead, SteeredChunkPolicy, SteeredPolicy, load_steered
 
 torch.set_num_threads(1)
 
@@ -478,3 +477,83 @@ def test_saving_never_replaces_a_directory_holding_other_files(base_dir, tmp_pat
         steered_on(base_dir).save_pretrained(occupied)
     assert (occupied / "thesis.tex").read_text() == "years of work"
     assert os.listdir(tmp_path) == ["occupied"]  # no temporary directory left behind either
+
+
+# -------------------------------------------------------------------------------------------------------------
+# one writer, one acting rule
+def _trained_algorithm(name: str, seed: int = 0):
+    """A tiny algorithm of each method on a built-in base, every head weight random (not a fresh zero Delta)."""
+    from accelerate import Accelerator
+
+    from vla_steer.adapters import NativePolicyAdapter
+    from vla_steer.algorithms import algorithm_config, build_algorithm
+    from vla_steer.policies import ChunkPolicyConfig, build_chunk_policy
+
+    torch.manual_seed(seed)
+    policy = build_chunk_policy(ChunkPolicyConfig(type="flow", obs_dim=5, action_dim=2, horizon=3, n_action_steps=2,
+                                                  hidden_dim=16, num_layers=1, num_inference_steps=2))
+    adapter = NativePolicyAdapter(policy)
+    head = HeadConfig(hidden_dim=16, num_layers=1, bound=1.5)
+    algo = build_algorithm(algorithm_config(name), head, adapter, LatentLayout("full", adapter.noise_shape),
+                           Accelerator(cpu=True))
+    with torch.no_grad():
+        for tensor in algo.parameters():
+            tensor.copy_(0.5 * torch.randn(tensor.shape))
+    return algo, adapter, head
+
+
+def _trainer_head_config(algo, adapter, head) -> dict:
+    """head_config.json as a training run writes it (format 0, with the latent critic)."""
+    return {"algorithm": algo.name, "head": asdict(head), "noise_shape": list(adapter.noise_shape),
+            "latent_shape": list(algo.layout.latent_shape), "feature_dim": adapter.feature_dim,
+            "adapter": adapter.family, "env": "test", "critic": "latent"}
+
+
+@pytest.mark.parametrize("name", ["lpds", "dsrl_sac", "dsrl_na"])
+def test_a_deployed_head_acts_exactly_as_its_algorithm(name, tmp_path):
+    """The trainer's modules written with write_head and read back as an ActingHead act as the algorithm does:
+    deterministically, for a given prior draw, and for the draw both take from the same RNG state."""
+    from vla_steer.hub import write_head
+    from vla_steer.steering.best_of_k import latent_critic
+
+    algo, adapter, head = _trained_algorithm(name)
+    write_head(tmp_path / "head", {**algo.head_modules(), "critic": latent_critic(algo)},
+               _trainer_head_config(algo, adapter, head))
+    acting = ActingHead.from_dir(tmp_path / "head")
+    assert set(acting.head_modules()) == {algo.acting_rule.module, "critic"}
+    features = torch.randn(6, adapter.feature_dim, generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(6, algo.latent_dim, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(acting(features, deterministic=True), algo.act(features, deterministic=True), rtol=0, atol=0)
+    torch.testing.assert_close(acting(features, eps=eps), algo.act(features, eps=eps), rtol=0, atol=0)
+    torch.manual_seed(3)
+    ours = acting(features)
+    torch.manual_seed(3)
+    torch.testing.assert_close(ours, algo.act(features), rtol=0, atol=0)
+    assert not torch.allclose(ours, acting(features))  # and it does sample
+    q = latent_critic(algo)(features, ours)
+    torch.testing.assert_close(acting.critic(features, ours), q, rtol=0, atol=0)
+
+
+def test_write_head_refuses_what_read_head_would_refuse(tmp_path):
+    from vla_steer.hub import read_head, write_head
+
+    algo, adapter, head = _trained_algorithm("lpds")
+    config = _trainer_head_config(algo, adapter, head)
+    with pytest.raises(HeadFormatError, match=r"missing \['critic.net.0.bias'"):
+        write_head(tmp_path / "a", algo.head_modules(), config)  # "critic": "latent" without the critic
+    with pytest.raises(HeadFormatError, match=r"unknown field\(s\) \['widget'\]"):
+        write_head(tmp_path / "b", algo.head_modules(), {**config, "critic": None, "widget": 1})
+    halved = {"delta": {k: v.to(torch.int32) for k, v in algo.delta_net.state_dict().items()}}
+    with pytest.raises(HeadFormatError, match="floating point"):
+        write_head(tmp_path / "c", halved, {k: v for k, v in config.items() if k != "critic"})
+    assert not any(tmp_path.iterdir())  # nothing written by a refused call
+    # state dicts work as well as modules; the files read back as written
+    without_critic = {k: v for k, v in config.items() if k != "critic"}
+    directory = write_head(tmp_path / "d", {"delta": algo.delta_net.state_dict()}, without_critic)
+    read_config, tensors = read_head(directory)
+    assert json.loads((directory / "head_config.json").read_text()) == without_critic
+    assert read_config["algorithm"] == "lpds" and read_config["head"] == asdict(head)
+    assert tensors.keys() == {f"delta.{k}" for k in algo.delta_net.state_dict()}
+    assert all(torch.equal(tensors[f"delta.{k}"], v) for k, v in algo.delta_net.state_dict().items())
+    write_head(directory, {"delta": algo.delta_net}, without_critic)  # replaces a previous head in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]

@@ -11,7 +11,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from vla_steer.config import RecipeError, recipe_from_dict
 from vla_steer.envs.registry import IMAGE_KEY, STATE_KEY, make_env, task_description
-from vla_steer.pipeline import build_adapter, ensure_base, ensure_demos
+from vla_steer.pipeline import build_base, ensure_base, ensure_demos
 from vla_steer.training import SteeringTrainer
 
 
@@ -85,16 +85,18 @@ def test_smolvla_bc_writes_a_lerobot_checkpoint_that_the_adapter_steers(trained_
     # the checkpoint is LeRobot's own: it loads with SmolVLAPolicy.from_pretrained
     assert isinstance(SmolVLAPolicy.from_pretrained(base_dir), SmolVLAPolicy)
 
-    adapter = build_adapter(recipe)
+    base = build_base(recipe)
+    adapter = base.adapter
     env = make_env(recipe.env.id, seed=1, observation="pixels_state", image_size=32)
     obs, _ = env.reset(seed=1)
-    batch = {key: torch.as_tensor(value)[None].repeat(3, *[1] * value.ndim) for key, value in obs.items()}
-    context = adapter.encode(batch)  # raw observation: the adapter adds the task text and normalises
+    raw = {key: np.repeat(value[None], 3, axis=0) for key, value in obs.items()}
+    # raw observation -> the base's own preprocessor with the task text -> the adapter; actions back to env units
+    context = adapter.encode(base.observations(raw, [task_description(recipe.env.id)] * 3))
     noise = torch.randn(3, *adapter.noise_shape, generator=torch.Generator().manual_seed(0))
-    actions = adapter.decode(context, noise)
+    actions = base.actions(adapter.decode(context, noise))
     assert context.features.shape == (3, adapter.feature_dim) and actions.shape == (3, 4, 4)
-    assert torch.equal(actions, adapter.decode(context, noise))  # deterministic in the noise
-    assert not torch.allclose(actions[0], adapter.decode(context, -noise)[0])  # ... and steered by it
+    assert torch.equal(actions, base.actions(adapter.decode(context, noise)))  # deterministic in the noise
+    assert not torch.allclose(actions[0], base.actions(adapter.decode(context, -noise))[0])  # ... and steered by it
     env.close()
 
 

@@ -228,3 +228,33 @@ def test_fast_metaworld_env_type_with_recorded_rollouts(tmp_path):
     returns = np.array(trainer.collector.tracker.episodes["return"])
     rewards = torch.stack([dataset[i]["next.reward"] for i in range(dataset.num_frames)]).reshape(-1)
     assert np.isclose(rewards.sum().item(), returns.sum(), atol=1e-3)
+
+
+def test_offline_warm_start_lowers_the_critics_loss_on_held_out_transitions(tmp_path):
+    """DSRL-NA's action critic pre-trained on a LeRobotDataset with rewards: its TD loss on transitions of other
+    episodes (other seeds) drops; then the run goes on mixing offline and online batches."""
+    from vla_steer.data.demos import generate_lerobot_env_demonstrations
+    from vla_steer.envs.lerobot_metaworld import FastMetaWorldEnvConfig
+
+    base = save_fast_metaworld_diffusion_base(tmp_path / "mw_base")
+    env_config = FastMetaWorldEnvConfig(task="push-v3", episode_length=30)
+    demos = lambda seed, n: generate_lerobot_env_demonstrations(  # noqa: E731
+        env_config, num_episodes=n, action_noise=0.3, seed=seed, cache_dir=tmp_path / f"demos{seed}", show_progress=False)
+    train_root, held_out_root = demos(0, 6), demos(500, 3)
+    env = {"type": "vla_steer_meta_world", "task": "push-v3", "episode_length": 30, "num_envs": 2}
+    recipe = recipe_from_dict(native_recipe(
+        tmp_path, str(base), env=env, algorithm={"name": "dsrl_na"},
+        offline={"dataset": str(train_root), "fraction": 0.5, "pretrain_updates": 300}))
+    trainer = SteeringTrainer(recipe)
+    trainer.load_offline_data()
+    held_out = trainer.offline_transitions(held_out_root)
+    assert held_out["action"].shape[1] == 4 * 4 and (held_out["latent"] == 0).all()
+    before = trainer.algo.action_critic_loss(held_out).item()
+    trainer.learner.pretrain_critic(300)
+    after = trainer.algo.action_critic_loss(held_out).item()
+    assert after < 0.5 * before, (before, after)
+
+    trainer.run()  # a fresh run: pretrains (logged), then mixes offline rows into every batch
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "offline_pretrain" and "offline/critic_loss" in log[0]
+    assert trainer.learner.offline is not None and len(trainer.buffer) > 0

@@ -4,7 +4,7 @@ from accelerate import Accelerator
 
 from vla_steer.adapters import LatentLayout, NativePolicyAdapter
 from vla_steer.algorithms import LPDS
-from vla_steer.config import AlgorithmConfig, HeadConfig, recipe_from_dict
+from vla_steer.config import HeadConfig, LPDSConfig, recipe_from_dict
 from vla_steer.policies import ChunkPolicyConfig, build_chunk_policy
 from vla_steer.training import SteeringTrainer
 
@@ -14,7 +14,7 @@ def _lpds(**algo):
     policy = build_chunk_policy(ChunkPolicyConfig(type="flow", obs_dim=5, action_dim=2, horizon=3, n_action_steps=2,
                                                   hidden_dim=16, num_layers=1, num_inference_steps=3))
     adapter = NativePolicyAdapter(policy)
-    cfg = AlgorithmConfig(name="lpds", batch_size=16, **algo)
+    cfg = LPDSConfig(batch_size=16, **algo)
     return LPDS(cfg, HeadConfig(hidden_dim=16, num_layers=1, bound=3.0), adapter,
                 LatentLayout("full", adapter.noise_shape), Accelerator(cpu=True))
 

@@ -89,7 +89,7 @@ def cmd_eval(args) -> None:
     layout = LatentLayout(recipe.head.latent_layout, base.adapter.noise_shape)
     algo = build_algorithm(recipe.algorithm, recipe.head, base.adapter, layout, accelerator)
     algo.load_state_dict(load_tree(checkpoint, "algorithm"))
-    evaluator = Evaluator(recipe, base, layout)
+    evaluator = Evaluator(recipe, base, layout, seed=recipe.train.eval_seed)
     report = {"base": evaluator.evaluate("base"), "steered": evaluator.evaluate("policy", algo)}
     print(json.dumps(report, indent=2))
 
@@ -130,9 +130,9 @@ def _head_source(path: Path) -> tuple[str, Path]:
 def cmd_push(args) -> None:
     import tempfile
 
-    from vla_steer.hub.api import prepare_upload, push_directory, save_head_dir
+    from vla_steer.hub.api import prepare_upload, push_directory
     from vla_steer.hub.format import HEAD_CONFIG_NAME, is_hub_repo_id
-    from vla_steer.lerobot_policy.head import ActingHead
+    from vla_steer.lerobot_policy import ActingHead, export_run
 
     kind, source = _head_source(Path(args.source))
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,15 +141,13 @@ def cmd_push(args) -> None:
         export = dict(base_model_name_or_path=args.base_model, revision=args.base_revision, model_card=True,
                       card_kwargs=card_kwargs, allow_base_mismatch=args.allow_base_mismatch)
         if kind == "run":
-            from vla_steer.hub.api import export_run
-
             directory = export_run(source, directory, base=args.base, datasets=args.dataset,
                                    adapter_kwargs=json.loads(args.adapter_kwargs) if args.adapter_kwargs else None, **export)
         elif json.loads((source / HEAD_CONFIG_NAME).read_text()).get("format_version") is None:
             if args.base is None:
                 raise CommandError(f"{source} is a training run's head/ (format 0), which does not name its base: push "
                                    "the run directory instead, or pass --base")
-            directory = save_head_dir(directory, ActingHead.from_dir(source), base=args.base, **export)
+            directory = ActingHead.from_dir(source).save_pretrained(directory, base=args.base, **export)
         else:
             if args.base or args.base_model or args.base_revision:
                 raise CommandError(f"{source} already names its base; --base / --base-model / --base-revision apply to "
@@ -189,6 +187,7 @@ def cmd_pull(args) -> None:
 @_hub_errors
 def cmd_info(args) -> int | None:
     from vla_steer.hub.api import describe, load_base_for, resolve_repo, validate_directory
+    from vla_steer.lerobot_policy import ActingHead
 
     path = Path(args.source).expanduser()
     if path.is_dir():
@@ -197,7 +196,7 @@ def cmd_info(args) -> int | None:
     else:
         directory = resolve_repo(args.source, revision=args.revision, cache_dir=args.cache_dir)
     checked = validate_directory(directory)
-    config, head = checked.config, checked.head
+    config, head = checked.config, ActingHead.from_checked(checked)
     if args.json:
         print(json.dumps(config, indent=2))
     else:

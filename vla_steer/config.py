@@ -16,6 +16,12 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+# The ``algorithm`` section: one dataclass per method (vla_steer/algorithms/configs.py, a light module: no torch),
+# picked by ``algorithm.name``. AlgorithmConfig is their common base; the method classes are re-exported here.
+from vla_steer.algorithms.configs import (ALGORITHM_CONFIGS, DEFAULT_ALGORITHM, LEGACY_FLAT_FIELDS,  # noqa: F401
+                                          AlgorithmConfig, DSRLNAConfig, DSRLSACConfig, LPDSConfig, algorithm_config,
+                                          field_names, owners_of)
+
 
 class RecipeError(ValueError):
     """A recipe (or an override) is malformed; the message names the field and what is allowed."""
@@ -98,33 +104,6 @@ class HeadConfig:
 
 
 @dataclass
-class AlgorithmConfig:
-    name: Literal["lpds", "dsrl_sac", "dsrl_na"] = "lpds"
-    gamma: float = 0.99  # discount per chunk transition ("chunk") or per env step ("env_step")
-    discount_mode: Literal["chunk", "env_step"] = "chunk"
-    batch_size: int = 256
-    utd: int = 1  # gradient updates per chunk transition collected (per env)
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    tau: float = 0.005
-    backup: Literal["min", "mean"] = "min"  # how critic heads combine in the TD target
-    actor_reduction: Literal["min", "mean"] = "mean"
-    # SAC-style methods (dsrl_sac, dsrl_na)
-    target_entropy: Union[float, Literal["auto"]] = 0.0  # DSRL's released configs use 0; "auto" = -latent_dim/2
-    init_temperature: float = 1.0
-    temperature_lr: float = 3e-4
-    backup_entropy: bool = True
-    # noise aliasing (dsrl_na, lpds with critic: action)
-    distill_steps: int = 1  # Q^W distillation steps per update
-    # LP-DS
-    delta: float = 0.35  # trust region: E ||Delta(s)||^2 <= delta
-    dual_lr: float = 0.05  # step size of projected dual ascent on the multiplier
-    init_multiplier: float = 0.0
-    normalize_q: bool = True  # divide the actor's Q term by mean |Q| (scale-free multiplier)
-    critic: Literal["action", "latent"] = "action"  # LP-DS: dual Q (Q^A + distilled Q^W) or latent TD Q^W
-
-
-@dataclass
 class TrainConfig:
     total_env_steps: int = 100_000
     warmup_env_steps: int = 5_000  # prior-noise rollouts before the first update
@@ -133,6 +112,7 @@ class TrainConfig:
     eval_episodes: int = 50
     eval_num_envs: int = 10
     eval_deterministic: bool = False  # SAC: tanh(mean) latent; LP-DS: Delta(s) with eps = 0
+    eval_seed: int = 1_000_000  # env seed of the first evaluation env (env i: eval_seed + i); keep tuning seeds apart
     eval_best_of_k: int = 1  # > 1: the critic picks the best of K head proposals per observation (one shared encode)
     entropy_states: int = 32  # states for the k-NN action entropy at each evaluation
     entropy_draws: int = 64
@@ -165,7 +145,7 @@ class Recipe:
     demos: DemosConfig = field(default_factory=DemosConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    algorithm: AlgorithmConfig = field(default_factory=ALGORITHM_CONFIGS[DEFAULT_ALGORITHM])
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -205,6 +185,8 @@ def _coerce(value: Any, tp, where: str) -> Any:
         if value is None:
             return None
         raise RecipeError(f"{where}: expected null, got {value!r}")
+    if tp is AlgorithmConfig:
+        return _algorithm_from_dict(value, where)
     if dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, where)
     if tp is bool:
@@ -225,7 +207,9 @@ def _coerce(value: Any, tp, where: str) -> Any:
     raise RecipeError(f"{where}: expected {_describe(tp)}, got {type(value).__name__} {value!r}")
 
 
-def _from_dict(cls, data: Any, where: str):
+def _from_dict(cls, data: Any, where: str, kind: str | None = None):
+    """``cls`` from a mapping, every value coerced to its field's type. ``kind``: whose fields these are, named
+    when a field is unknown (the algorithm's name for the ``algorithm`` section)."""
     if not isinstance(data, dict):
         raise RecipeError(f"{where or 'recipe'}: expected a mapping of fields, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -236,9 +220,28 @@ def _from_dict(cls, data: Any, where: str):
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise RecipeError(f"unknown field {path!r}.{hint} Allowed fields here: {', '.join(names)}")
+            if kind is None:
+                raise RecipeError(f"unknown field {path!r}.{hint} Allowed fields here: {', '.join(names)}")
+            owners = [name for name in owners_of(str(key)) if name != kind]
+            owned = f" (a field of {' and '.join(owners)})" if owners else ""
+            raise RecipeError(f"unknown field {path!r} for {kind}{owned}.{hint} Allowed fields for {kind}: "
+                              f"{', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
+
+
+def _algorithm_from_dict(data: Any, where: str) -> AlgorithmConfig:
+    """The ``algorithm`` section: the config class of ``name`` (default lpds), with that method's fields only."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
+    name = data.get("name", DEFAULT_ALGORITHM)
+    if not isinstance(name, str) or name not in ALGORITHM_CONFIGS:
+        raise RecipeError(f"{where}.name: {name!r} is not allowed; expected one of "
+                          + ", ".join(repr(n) for n in ALGORITHM_CONFIGS))
+    cls = ALGORITHM_CONFIGS[name]
+    if set(data) == LEGACY_FLAT_FIELDS:  # a recipe.json saved before per-algorithm configs: every method's fields
+        data = {key: value for key, value in data.items() if key in field_names(cls)}
+    return _from_dict(cls, data, where, kind=name)
 
 
 def _set_path(data: dict, dotted: str, value: Any) -> None:
@@ -343,9 +346,7 @@ def validate_recipe(recipe: Recipe) -> None:
         (base.revision is None or base.path is not None, "base.revision needs base.path (a Hub repo id)"),
         (recipe.head.bound > 0, "head.bound must be > 0"),
         (recipe.head.num_critics >= 1, "head.num_critics must be >= 1"),
-        (0 < recipe.algorithm.gamma <= 1, "algorithm.gamma must be in (0, 1]"),
-        (recipe.algorithm.delta > 0, "algorithm.delta must be > 0"),
-        (recipe.algorithm.utd >= 1, "algorithm.utd must be >= 1"),
+        *((False, problem) for problem in recipe.algorithm.problems()),  # each method checks its own fields
         (recipe.train.total_env_steps > 0, "train.total_env_steps must be > 0"),
         (recipe.train.eval_episodes >= 1, "train.eval_episodes must be >= 1"),
         (recipe.train.eval_best_of_k >= 1, "train.eval_best_of_k must be >= 1 (1 = no critic-guided selection)"),

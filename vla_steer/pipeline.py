@@ -35,6 +35,18 @@ def ensure_demos(recipe: Recipe, show_progress: bool = True) -> Path:
             raise FileNotFoundError(f"demos.dataset={str(root)!r} is not a LeRobotDataset (no meta/info.json)")
         return root
     d = recipe.demos
+    if recipe.env.type is not None:
+        from vla_steer.data.demos import generate_lerobot_env_demonstrations
+        from vla_steer.envs.lerobot_envs import lerobot_env_config
+        from vla_steer.envs.lerobot_metaworld import ENV_TYPE
+
+        if recipe.env.type != ENV_TYPE:
+            raise ValueError(f"scripted demonstrations exist for env.type {ENV_TYPE!r} (and built-in env ids), not "
+                             f"{recipe.env.type!r}: record your own, or set demos.dataset to a LeRobotDataset")
+        return generate_lerobot_env_demonstrations(
+            lerobot_env_config(recipe.env.type, recipe.env.options), num_episodes=d.num_episodes,
+            action_noise=d.action_noise, seed=d.seed, cache_dir=cache_dir(recipe) / "demos",
+            only_successful=d.only_successful, show_progress=show_progress)
     return generate_demonstrations(
         recipe.env.id, num_episodes=d.num_episodes, action_noise=d.action_noise, seed=d.seed,
         max_episode_steps=d.max_episode_steps or recipe.env.max_episode_steps, cache_dir=cache_dir(recipe) / "demos",

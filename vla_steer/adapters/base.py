@@ -137,6 +137,12 @@ class SteerableAdapter(abc.ABC):
         start = self.n_obs_steps - 1
         return self.decode_chunk(context, noise)[:, start:start + self.n_action_steps]
 
+    def predict_action_chunk(self, context: Context, noise: torch.Tensor) -> torch.Tensor:
+        """The rows the policy's own ``predict_action_chunk(noise=...)`` returns: the whole chunk for a flow VLA,
+        only the executed rows for a policy that keeps an observation history (LeRobot's DiffusionPolicy slices
+        there). What a ``steered`` policy's ``predict_action_chunk`` returns, so it is a drop-in for the base's."""
+        return self.decode_chunk(context, noise) if self.n_obs_steps == 1 else self.decode(context, noise)
+
     def context_from_storage(self, features: torch.Tensor, decode_state: torch.Tensor) -> Context:
         """Rebuild a context from tensors the replay buffer stored (only for storable contexts)."""
         if not self.storable_decode_state:

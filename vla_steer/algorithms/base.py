@@ -7,23 +7,35 @@ optimiser step, so all processes hold identical weights (same seed, same init, s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from accelerate import Accelerator
 from torch import nn
 
 from vla_steer.adapters.base import LatentLayout, SteerableAdapter
-from vla_steer.config import AlgorithmConfig, HeadConfig
-from vla_steer.steering import TanhGaussianLatentPolicy
+from vla_steer.algorithms.configs import AlgorithmConfig, SACTemperatureConfig
+from vla_steer.steering import ACTING_RULES, ActingRule
+
+if TYPE_CHECKING:  # type names only: vla_steer.config imports this package's configs, not the other way round
+    from accelerate import Accelerator
+
+    from vla_steer.config import HeadConfig
 
 
 class SteeringAlgorithm(nn.Module):
     name = "abstract"
+    #: the dataclass of this method's ``algorithm`` section (vla_steer.algorithms.configs)
+    config_class: type[AlgorithmConfig] = AlgorithmConfig
     #: whether updates decode executed actions from the replay buffer's stored decode state
     needs_stored_decode_state = False
 
     def __init__(self, cfg: AlgorithmConfig, head: HeadConfig, adapter: SteerableAdapter, layout: LatentLayout,
                  accelerator: Accelerator):
         super().__init__()
+        if not isinstance(cfg, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got a {type(cfg).__name__} "
+                            f"(vla_steer.algorithms.algorithm_config({self.name!r}, ...) builds one; recipes parse "
+                            "the algorithm section into it)")
         self.cfg, self.head_cfg = cfg, head
         self.adapter, self.layout, self.accelerator = adapter, layout, accelerator
         self.latent_dim = layout.latent_dim
@@ -31,16 +43,28 @@ class SteeringAlgorithm(nn.Module):
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
 
     # -- interface -------------------------------------------------------------------------------------
-    def act(self, features: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """Latents ``[B, latent_dim]`` for a batch of features (no gradient)."""
+    @property
+    def acting_rule(self) -> ActingRule:
+        """This method's acting module name and rule (``vla_steer.steering.ACTING_RULES``), shared with deployed
+        heads (``ActingHead``)."""
+        return ACTING_RULES[self.name]
+
+    def acting_module(self) -> nn.Module:
+        """The module the acting rule runs (LP-DS's Delta, DSRL's actor)."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def act(self, features: torch.Tensor, deterministic: bool = False, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents ``[B, latent_dim]`` for a batch of features (no gradient), by the method's acting rule; ``eps``
+        (``[B, latent_dim]``) fixes the prior draw."""
+        return self.acting_rule.act(self.acting_module(), features, self.head_cfg.bound, eps, deterministic)
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         raise NotImplementedError
 
     def head_modules(self) -> dict[str, nn.Module]:
-        """The modules a deployed steered policy needs (what the hub format ships)."""
-        raise NotImplementedError
+        """The modules a deployed steered policy needs to act (what the hub format ships, named as in it)."""
+        return {self.acting_rule.module: self.acting_module()}
 
     # -- shared helpers --------------------------------------------------------------------------------
     def prior_latent(self, batch_size: int) -> torch.Tensor:
@@ -91,16 +115,20 @@ class SteeringAlgorithm(nn.Module):
         """r + discount * (1 - terminated) * next_q. Time-limit truncation is *not* terminal: it bootstraps."""
         return batch["reward"] + batch["discount"] * (1.0 - batch["terminated"]) * next_q
 
-    def td_critic_step(self, optimizer: str, critic, critic_target, batch, inputs, next_inputs, next_bonus=None):
-        """One TD step of a critic ensemble on ``(features, inputs)`` with target ``r + discount * Q_targ(s', next_inputs)``
-        (plus ``next_bonus``, e.g. SAC's entropy term), then a soft update of the target. Returns ``(loss, q)``."""
+    def td_loss(self, critic, critic_target, batch, inputs, next_inputs, next_bonus=None):
+        """TD loss of a critic ensemble on ``(features, inputs)`` against ``r + discount * Q_targ(s', next_inputs)``
+        (plus ``next_bonus``, e.g. SAC's entropy term). Returns ``(loss, q)``."""
         with torch.no_grad():
             next_q = critic.reduce(critic_target(batch["next_features"], next_inputs), self.cfg.backup)
             if next_bonus is not None:
                 next_q = next_q + next_bonus
             target = self.td_target(batch, next_q)
         q = critic(batch["features"], inputs)
-        loss = 0.5 * (q - target).pow(2).mean(1).sum()  # summed over heads: each head learns at the full rate
+        return 0.5 * (q - target).pow(2).mean(1).sum(), q  # summed over heads: each head learns at the full rate
+
+    def td_critic_step(self, optimizer: str, critic, critic_target, batch, inputs, next_inputs, next_bonus=None):
+        """One TD step (:meth:`td_loss`), then a soft update of the target. Returns ``(loss, q)``."""
+        loss, q = self.td_loss(critic, critic_target, batch, inputs, next_inputs, next_bonus)
         self.optimizer_step(optimizer, loss)
         self.soft_update(critic_target, critic)
         return loss, q
@@ -117,22 +145,18 @@ class SACActorMixin:
     """The DSRL actor: a tanh-Gaussian latent policy with SAC's entropy temperature (log-parameterised,
     tuned toward a target entropy). Shared by DSRL-SAC and DSRL-NA, which differ only in their critics."""
 
+    config_class = SACTemperatureConfig
+
     def init_sac_actor(self):
-        head = self.head_cfg
-        self.actor = TanhGaussianLatentPolicy(self.adapter.feature_dim, self.latent_dim, head.hidden_dim,
-                                              head.num_layers, head.bound, head.encoder_dim)
+        self.actor = self.acting_rule.build(self.adapter.feature_dim, self.latent_dim, self.head_cfg)
         self.make_optimizer("actor", self.actor.parameters(), self.cfg.actor_lr)
         self.log_alpha = nn.Parameter(torch.tensor(float(self.cfg.init_temperature)).log())
         target = self.cfg.target_entropy
         self.target_entropy = -self.latent_dim / 2.0 if target == "auto" else float(target)
         self.make_optimizer("temperature", [self.log_alpha], self.cfg.temperature_lr)
 
-    @torch.no_grad()
-    def act(self, features, deterministic=False):
-        return self.actor(features, deterministic)[0]
-
-    def head_modules(self):
-        return {"actor": self.actor}
+    def acting_module(self):
+        return self.actor
 
     @property
     def alpha(self) -> torch.Tensor:

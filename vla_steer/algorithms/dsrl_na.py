@@ -12,7 +12,8 @@ import copy
 import torch
 
 from vla_steer.algorithms.base import SteeringAlgorithm, SACActorMixin
-from vla_steer.steering import CriticEnsemble
+from vla_steer.algorithms.configs import DSRLNAConfig
+from vla_steer.steering import CriticEnsemble, build_latent_critic
 
 
 class DualCriticMixin:
@@ -24,7 +25,7 @@ class DualCriticMixin:
         F, head = self.adapter.feature_dim, self.head_cfg
         self.action_critic = CriticEnsemble(F, self.action_input_dim, head.num_critics, head.hidden_dim, head.num_layers, head.encoder_dim)
         self.action_critic_target = copy.deepcopy(self.action_critic).requires_grad_(False)
-        self.noise_critic = CriticEnsemble(F, self.latent_dim, head.num_critics, head.hidden_dim, head.num_layers, head.encoder_dim)
+        self.noise_critic = build_latent_critic(F, self.latent_dim, head)
         self.make_optimizer("action_critic", self.action_critic.parameters(), self.cfg.critic_lr)
         self.make_optimizer("noise_critic", self.noise_critic.parameters(), self.cfg.critic_lr)
 
@@ -33,6 +34,22 @@ class DualCriticMixin:
             next_action = self.decode_executed(batch["next_features"], batch["next_decode_state"], next_latent)
         return self.td_critic_step("action_critic", self.action_critic, self.action_critic_target, batch,
                                    batch["action"], next_action, next_bonus)
+
+    def action_critic_loss(self, batch) -> torch.Tensor:
+        """Q^A's TD loss on ``batch`` with the current head's next latents, without updating anything (held-out data)."""
+        with torch.no_grad():
+            next_action = self.decode_executed(batch["next_features"], batch["next_decode_state"],
+                                               self.act(batch["next_features"]))
+            return self.td_loss(self.action_critic, self.action_critic_target, batch, batch["action"], next_action)[0]
+
+    def critic_update(self, batch) -> dict[str, float]:
+        """Critics only (the offline warm start): a TD step of Q^A with the current head's next latents (no entropy
+        bonus: the head is not trained yet), then Q^W distilled from it."""
+        with torch.no_grad():
+            next_latent = self.act(batch["next_features"])
+        critic_loss, q = self.action_critic_step(batch, next_latent)
+        distill_loss = self.distill_step(batch)
+        return {"critic_loss": critic_loss.item(), "distill_loss": float(distill_loss), "q": q.mean().item()}
 
     def distill_step(self, batch):
         """Q^W_i(s, z) <- Q^A_i(s, decode(s, z)) on prior latents (each head copies its twin)."""
@@ -47,8 +64,9 @@ class DualCriticMixin:
 
 class DSRLNA(DualCriticMixin, SACActorMixin, SteeringAlgorithm):
     name = "dsrl_na"
+    config_class = DSRLNAConfig
 
-    def __init__(self, cfg, head, adapter, layout, accelerator):
+    def __init__(self, cfg: DSRLNAConfig, head, adapter, layout, accelerator):
         super().__init__(cfg, head, adapter, layout, accelerator)
         self.init_sac_actor()
         self.init_dual_critics()

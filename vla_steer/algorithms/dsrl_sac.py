@@ -11,17 +11,18 @@ import copy
 import torch
 
 from vla_steer.algorithms.base import SteeringAlgorithm, SACActorMixin
-from vla_steer.steering import CriticEnsemble
+from vla_steer.algorithms.configs import DSRLSACConfig
+from vla_steer.steering import build_latent_critic
 
 
 class DSRLSAC(SACActorMixin, SteeringAlgorithm):
     name = "dsrl_sac"
+    config_class = DSRLSACConfig
 
-    def __init__(self, cfg, head, adapter, layout, accelerator):
+    def __init__(self, cfg: DSRLSACConfig, head, adapter, layout, accelerator):
         super().__init__(cfg, head, adapter, layout, accelerator)
         self.init_sac_actor()
-        F = adapter.feature_dim
-        self.critic = CriticEnsemble(F, self.latent_dim, head.num_critics, head.hidden_dim, head.num_layers, head.encoder_dim)
+        self.critic = build_latent_critic(adapter.feature_dim, self.latent_dim, head)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.make_optimizer("critic", self.critic.parameters(), cfg.critic_lr)
 

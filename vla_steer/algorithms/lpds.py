@@ -20,22 +20,24 @@ import copy
 import torch
 
 from vla_steer.algorithms.base import SteeringAlgorithm
+from vla_steer.algorithms.configs import LPDSConfig
 from vla_steer.algorithms.dsrl_na import DualCriticMixin
-from vla_steer.steering import CriticEnsemble, ResidualPerturbation
+from vla_steer.steering import build_latent_critic, residual_latent
 
 
 class LPDS(DualCriticMixin, SteeringAlgorithm):
     name = "lpds"
+    config_class = LPDSConfig
 
-    def __init__(self, cfg, head, adapter, layout, accelerator):
+    def __init__(self, cfg: LPDSConfig, head, adapter, layout, accelerator):
         super().__init__(cfg, head, adapter, layout, accelerator)
-        self.delta_net = ResidualPerturbation(adapter.feature_dim, self.latent_dim, head.hidden_dim, head.num_layers, head.encoder_dim)
+        self.delta_net = self.acting_rule.build(adapter.feature_dim, self.latent_dim, head)
         self.make_optimizer("actor", self.delta_net.parameters(), cfg.actor_lr)
         self.register_buffer("multiplier", torch.tensor(float(cfg.init_multiplier)))
         if cfg.critic == "action":
             self.init_dual_critics()
         else:
-            self.noise_critic = CriticEnsemble(adapter.feature_dim, self.latent_dim, head.num_critics, head.hidden_dim, head.num_layers, head.encoder_dim)
+            self.noise_critic = build_latent_critic(adapter.feature_dim, self.latent_dim, head)
             self.noise_critic_target = copy.deepcopy(self.noise_critic).requires_grad_(False)
             self.make_optimizer("noise_critic", self.noise_critic.parameters(), cfg.critic_lr)
 
@@ -44,19 +46,11 @@ class LPDS(DualCriticMixin, SteeringAlgorithm):
         return self.cfg.critic == "action"
 
     def steer(self, features, eps=None):
-        """``(z, Delta)`` with fresh prior noise unless ``eps`` is given."""
-        delta = self.delta_net(features)
-        eps = torch.randn_like(delta) if eps is None else eps
-        bound = self.head_cfg.bound
-        return (eps + delta).clamp(-bound, bound), delta
+        """``(z, Delta)`` with fresh prior noise unless ``eps`` is given (the acting rule, with Delta for the loss)."""
+        return residual_latent(self.delta_net, features, self.head_cfg.bound, eps)
 
-    @torch.no_grad()
-    def act(self, features, deterministic=False):
-        eps = torch.zeros(features.shape[0], self.latent_dim, device=features.device) if deterministic else None
-        return self.steer(features, eps)[0]
-
-    def head_modules(self):
-        return {"delta": self.delta_net}
+    def acting_module(self):
+        return self.delta_net
 
     def latent_critic_step(self, batch):
         with torch.no_grad():

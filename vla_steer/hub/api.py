@@ -1,16 +1,19 @@
-"""Save, load, push and inspect shared steering heads (the format is specified in ``hub/FORMAT.md``).
+"""Where head files come from and go to: resolve a repo / revision to a local directory, check a whole head
+directory, describe it, push it, pull it; load the base a head names; the training record of a run.
 
 Everything goes through ``huggingface_hub`` as PEFT and LeRobot do: a local directory is used as it is; anything
 else is a Hub repo id, fetched with ``snapshot_download(repo_id, revision=..., allow_patterns=<the format's file
 names>)`` (so nothing else is downloaded, and ``HF_HUB_OFFLINE=1`` serves it from the cache), then checked file by
 file (:func:`validate_directory`) before any library parses it. Uploads are one commit of an explicit list of
-files (:func:`prepare_upload`, then ``HfApi.create_commit``).
+files (:func:`prepare_upload`, then ``HfApi.create_commit``). The format is specified in ``hub/FORMAT.md``.
+
+This module, like all of ``vla_steer.hub``, works on files, dicts and tensors: the acting head
+(``vla_steer.lerobot_policy.ActingHead``) and the steered policy sit above it and use it.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,19 +23,19 @@ from torch import nn
 
 from vla_steer.hub.card import _fmt, render_model_card
 from vla_steer.hub.fingerprint import base_fingerprint
-from vla_steer.hub.format import (DEFAULT_LIMITS, FORMAT_VERSION, HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, LEARNING_CURVE_NAME,
+from vla_steer.hub.format import (DEFAULT_LIMITS, HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, LEARNING_CURVE_NAME,
                                   LOAD_PATTERNS, MODEL_CARD_NAME, POLICY_CONFIG_NAME, PROCESSOR_CONFIG_NAMES,
                                   PROCESSOR_PATTERNS, HeadFormatError, Limits, check_policy_config,
-                                  check_processor_config, dump_json, is_format_file, is_hub_repo_id, read_json,
-                                  to_json_safe)
-from vla_steer.lerobot_policy.head import HEAD_TYPES, ActingHead, validate_head_config
+                                  check_processor_config, is_format_file, is_hub_repo_id, read_json, to_json_safe)
+from vla_steer.hub.head_files import PNG_MAGIC, read_head
+from vla_steer.hub.schema import HEAD_TYPES
 
 BASE_PATTERNS = ["config.json", "model.safetensors", *PROCESSOR_PATTERNS]  # a base policy as LeRobot / vla_steer save it
 HUB_KWARGS = ("cache_dir", "token", "local_files_only", "force_download", "proxies")
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _hub_kwargs(kwargs: dict) -> dict:
+def hub_kwargs(kwargs: dict) -> dict:
+    """The ``huggingface_hub`` download options among ``kwargs`` (``cache_dir``, ``token`` ...)."""
     return {k: v for k, v in kwargs.items() if k in HUB_KWARGS and v is not None}
 
 
@@ -55,7 +58,7 @@ def resolve_repo(repo_id_or_path: str | Path, *, revision: str | None = None, pa
 
     try:
         folder = snapshot_download(name, revision=revision, allow_patterns=patterns or LOAD_PATTERNS,
-                                   local_dir=local_dir, **_hub_kwargs(hub))
+                                   local_dir=local_dir, **hub_kwargs(hub))
     except (LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as exc:
         raise FileNotFoundError(f"cannot get {name!r} at revision {revision or 'main'} from the Hub or its local cache: "
                                 f"{exc}") from exc
@@ -130,7 +133,7 @@ def load_base_for(config: dict, base: Any = None, **kwargs: Any):
 
 
 # -------------------------------------------------------------------------------------------------------------
-# writing
+# what a format-1 config says about the base; the model card
 def base_record(adapter, *, base_model_name_or_path: str, revision: str | None = None,
                 adapter_kwargs: dict | None = None, full_fingerprint: bool = False) -> dict:
     """The format-1 fields describing the base behind ``adapter``."""
@@ -154,131 +157,37 @@ def base_record(adapter, *, base_model_name_or_path: str, revision: str | None =
     }
 
 
-def shared_head_config(head: ActingHead, record: dict) -> dict:
-    """Format-1 ``head_config.json`` of ``head`` on the base ``record`` describes. A fingerprint the head already
-    carries (recorded at training) is kept: it says what the head was trained on."""
-    import vla_steer
-
-    raw = head.raw_config
-    config = {"format_version": FORMAT_VERSION, "head_type": HEAD_TYPES[raw["algorithm"]]}
-    config.update({k: raw[k] for k in ("algorithm", "head", "noise_shape", "latent_shape", "feature_dim", "critic") if k in raw})
-    config.update(record)
-    if raw.get("base_fingerprint"):
-        config["base_fingerprint"] = raw["base_fingerprint"]
-    training = {**head.training_record.get("training", {})}
-    env = raw.get("env") or training.get("env")
-    if env:
-        config["env"] = env
-    config["hyperparameters"] = head.training_record.get("hyperparameters", raw.get("hyperparameters", {}))
-    config["training"] = training or raw.get("training", {})
-    config["vla_steer_version"] = vla_steer.__version__
-    config = to_json_safe(config)
-    validate_head_config(config)
-    return config
-
-
-def replace_directory(final_dir: str | Path, write) -> Path:
-    """Write a head directory under a temporary name, then rename it into place (nothing half-written on a crash).
-    An existing directory is replaced only if it holds nothing but head-format files."""
-    from vla_steer.training.checkpoint import write_atomically
-
-    final_dir = Path(final_dir).expanduser().resolve()
-    if final_dir.exists():
-        if not final_dir.is_dir():
-            raise FileExistsError(f"{final_dir} exists and is not a directory")
-        foreign = sorted(p.name for p in final_dir.iterdir() if not is_format_file(p.name))
-        if foreign:
-            raise FileExistsError(f"refusing to replace {final_dir}: it holds files that are not part of a head "
-                                  f"directory: {foreign[:10]}")
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(final_dir, write)
-    return final_dir
-
-
-def write_head_files(directory: Path, head: ActingHead, config: dict) -> None:
-    """``head_config.json``, ``head.safetensors`` and the head's extra files (learning curve) into ``directory``."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    (directory / HEAD_CONFIG_NAME).write_text(dump_json(config))
-    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
-              str(directory / HEAD_WEIGHTS_NAME), metadata={"format": "pt"})
-    for name, source in head.extra_files.items():
-        if name != LEARNING_CURVE_NAME or not Path(source).is_file() or (directory / name).exists():
-            continue
-        if Path(source).stat().st_size > DEFAULT_LIMITS.max_image_bytes or Path(source).read_bytes()[:8] != PNG_MAGIC:
-            raise HeadFormatError(f"{source} is not a PNG image within {DEFAULT_LIMITS.max_image_bytes} bytes")
-        shutil.copyfile(source, directory / name)
-
-
-def write_model_card(directory: Path, head: ActingHead, config: dict, card_kwargs: dict | None = None) -> None:
-    """``README.md`` for the files now in ``directory``."""
+def write_model_card(directory: str | Path, config: dict, *, num_parameters: int | None = None,
+                     card_kwargs: dict | None = None) -> None:
+    """``README.md`` for a format-1 ``config`` and the format files now in ``directory``."""
     directory = Path(directory)
     files = sorted({p.name for p in directory.iterdir() if is_format_file(p.name)} | {MODEL_CARD_NAME})
-    text = render_model_card(config, files, num_parameters=sum(t.numel() for t in head.state_dict().values()),
-                             **(card_kwargs or {}))
+    text = render_model_card(config, files, num_parameters=num_parameters, **(card_kwargs or {}))
     (directory / MODEL_CARD_NAME).write_text(text)
-
-
-def head_config_for_base(head: ActingHead, base: Any = None, *, base_model_name_or_path: str | None = None,
-                         revision: str | None = None, adapter_kwargs: dict | None = None,
-                         allow_base_mismatch: bool = False, **hub: Any) -> dict:
-    """The format-1 config of ``head`` on ``base`` (checked: shapes always, fingerprint unless overridden)."""
-    if base is None:
-        if head.format_version < 1:
-            raise ValueError("this head (format 0: a training run's head/) does not say which base it was trained on; "
-                             "pass base= (the base's adapter or policy, or its path or repo id)")
-        config = dict(head.raw_config)
-        if base_model_name_or_path is not None:
-            config["base_model_name_or_path"] = str(base_model_name_or_path)
-        if revision is not None:
-            config["revision"] = revision
-        return shared_head_config(head, {k: config[k] for k in (
-            "adapter", "features", "base_model_name_or_path", "revision", "base_library", "base_library_version",
-            "base_policy_type", "base_fingerprint")})
-    name = base_model_name_or_path or (str(base) if isinstance(base, (str, Path)) else head.base_name)
-    if not name:
-        raise ValueError("pass base_model_name_or_path=: where users get the base (a Hub repo id, or a path)")
-    if adapter_kwargs is None and head.format_version:
-        adapter_kwargs = head.raw_config["features"]["adapter_kwargs"]  # as in training
-    library = head.raw_config.get("base_library") or library_for_family(head.raw_config.get("adapter"))
-    adapter = load_base_adapter(base, library=library, policy_type=head.raw_config.get("base_policy_type"),
-                                revision=revision, adapter_kwargs=adapter_kwargs, **hub)
-    head.check_base(adapter, adapter_kwargs if head.format_version else None, allow_base_mismatch)
-    return shared_head_config(head, base_record(adapter, base_model_name_or_path=name, revision=revision,
-                                                adapter_kwargs=adapter_kwargs))
-
-
-def save_head_dir(save_directory: str | Path, head: ActingHead, *, base: Any = None, base_model_name_or_path: str | None = None,
-                  revision: str | None = None, adapter_kwargs: dict | None = None, model_card: bool = False,
-                  card_kwargs: dict | None = None, allow_base_mismatch: bool = False) -> Path:
-    """Write a shared head directory (see :meth:`ActingHead.save_pretrained`)."""
-    config = head_config_for_base(head, base, base_model_name_or_path=base_model_name_or_path, revision=revision,
-                                  adapter_kwargs=adapter_kwargs, allow_base_mismatch=allow_base_mismatch)
-
-    def write(directory: Path) -> None:
-        write_head_files(directory, head, config)
-        if model_card:
-            write_model_card(directory, head, config, card_kwargs)
-
-    return replace_directory(save_directory, write)
 
 
 # -------------------------------------------------------------------------------------------------------------
 # checking and loading
 @dataclass
 class HeadDirectory:
-    """A checked head directory: the head (weights loaded), LeRobot's steered config if present, its files."""
+    """A checked head directory: its head (``config``: ``head_config.json``, canonical; ``tensors``: the contents
+    of ``head.safetensors``, checked against it), LeRobot's steered config if present, its files. The acting head
+    is ``vla_steer.lerobot_policy.ActingHead.from_checked(checked)``."""
 
     path: Path
-    head: ActingHead
+    config: dict
+    tensors: dict[str, torch.Tensor]
     policy_config: dict | None
     files: list[str]
     other_files: list[str] = field(default_factory=list)
 
     @property
-    def config(self) -> dict:
-        return self.head.raw_config
+    def format_version(self) -> int:
+        return int(self.config.get("format_version", 0))
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
 
 
 def validate_directory(directory: str | Path, limits: Limits = DEFAULT_LIMITS) -> HeadDirectory:
@@ -299,13 +208,13 @@ def validate_directory(directory: str | Path, limits: Limits = DEFAULT_LIMITS) -
     missing = [n for n in (HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME) if n not in names]
     if missing:
         raise FileNotFoundError(f"{directory} is not a steering-head directory: missing {missing}")
-    head = ActingHead.from_dir(directory, limits)
+    config, tensors = read_head(directory, limits)
     policy_config = None
     if POLICY_CONFIG_NAME in names:
         policy_config = check_policy_config(directory / POLICY_CONFIG_NAME, LEROBOT_ADAPTERS, limits)
-        if head.raw_config.get("base_library", "lerobot") != "lerobot":
+        if config.get("base_library", "lerobot") != "lerobot":
             raise HeadFormatError(f"{POLICY_CONFIG_NAME} describes a LeRobot steered policy but {HEAD_CONFIG_NAME} "
-                                  f"says the base is a {head.raw_config['base_library']} policy")
+                                  f"says the base is a {config['base_library']} policy")
         missing = [n for n in PROCESSOR_CONFIG_NAMES if n not in names]
         if missing:
             raise FileNotFoundError(f"{directory} holds a LeRobot steered policy without its processor files: missing {missing}")
@@ -322,73 +231,7 @@ def validate_directory(directory: str | Path, limits: Limits = DEFAULT_LIMITS) -
             if f.read(8) != PNG_MAGIC:
                 raise HeadFormatError(f"{LEARNING_CURVE_NAME} is not a PNG image")
     files = [n for n in names if is_format_file(n) and (directory / n).is_file()]
-    return HeadDirectory(directory, head, policy_config, files, [n for n in names if n not in files])
-
-
-class SteeredChunkPolicy:
-    """A head on a base that is not a LeRobot policy (vla_steer's built-in chunk policies, a custom flow head):
-    one ``encode``, the head, ``decode`` from the noise it picks. ``noise`` is the prior draw ``eps`` in latent
-    space, as for ``SteeredPolicy``."""
-
-    def __init__(self, head: ActingHead, adapter, deterministic: bool = False):
-        self.adapter, self.deterministic = adapter, deterministic
-        self.head = head.to(adapter.device)
-
-    @property
-    def n_action_steps(self) -> int:
-        return self.adapter.n_action_steps
-
-    @torch.no_grad()
-    def predict_action_chunk(self, observation, noise: torch.Tensor | None = None,
-                             deterministic: bool | None = None) -> torch.Tensor:
-        context = self.adapter.encode(observation)
-        deterministic = self.deterministic if deterministic is None else deterministic
-        latent = self.head(context.features.float(), eps=noise, deterministic=deterministic)
-        return self.adapter.decode(context, self.head.layout.to_noise(latent))
-
-
-def load_steered(repo_id_or_path: str | Path, *, revision: str | None = None, base: Any = None,
-                 allow_base_mismatch: bool = False, device: str | None = None, deterministic: bool = False,
-                 limits: Limits = DEFAULT_LIMITS, **hub: Any):
-    """A shared head and the base it names, ready to act.
-
-    LeRobot bases give a ``SteeredPolicy`` (LeRobot's policy interface); vla_steer's own bases give a
-    :class:`SteeredChunkPolicy`. The base loads from the id and revision the head config names unless ``base``
-    (an adapter, a policy, a path or a repo id) is given. The head refuses a base whose fingerprint or shapes
-    differ; ``allow_base_mismatch=True`` turns a fingerprint difference into a loud warning.
-    """
-    from vla_steer.lerobot_policy.configuration_steered import SteeredConfig
-    from vla_steer.lerobot_policy.modeling_steered import SteeredPolicy
-
-    directory = resolve_repo(repo_id_or_path, revision=revision, **hub)
-    checked = validate_directory(directory, limits)
-    head, config = checked.head, checked.head.raw_config
-    if checked.policy_config is not None:  # a LeRobot steered policy directory
-        from lerobot.configs.policies import PreTrainedConfig
-
-        base_policy = None
-        if base is not None:
-            adapter_kwargs = checked.policy_config.get("adapter_kwargs") or {}
-            base_policy = load_base_adapter(base, library="lerobot", policy_type=checked.policy_config["base_type"],
-                                            adapter_kwargs=adapter_kwargs, device=device, **_hub_kwargs(hub)).policy
-        policy_config = PreTrainedConfig.from_pretrained(directory)
-        policy_config.deterministic = deterministic or policy_config.deterministic
-        if device is not None:
-            policy_config.device = str(device)
-        return SteeredPolicy.from_pretrained(directory, config=policy_config, base_policy=base_policy,
-                                             allow_base_mismatch=allow_base_mismatch, **_hub_kwargs(hub))
-    adapter = load_base_for(config, base, device=device, **_hub_kwargs(hub))
-    if library_for_family(adapter.family) == "lerobot":
-        steered_config = SteeredConfig(
-            base_path=str(base) if isinstance(base, (str, Path)) else config.get("base_model_name_or_path", ""),
-            base_revision=None if base is not None else config.get("revision"), base_type=adapter.policy.config.type,
-            adapter_kwargs=(config.get("features") or {}).get("adapter_kwargs", {}), deterministic=deterministic,
-            device=str(device or adapter.policy.config.device), n_obs_steps=adapter.policy.config.n_obs_steps,
-            input_features=dict(adapter.policy.config.input_features),
-            output_features=dict(adapter.policy.config.output_features))
-        return SteeredPolicy(steered_config, base_policy=adapter.policy, head=head, allow_base_mismatch=allow_base_mismatch)
-    head.check_base(adapter, None, allow_base_mismatch)
-    return SteeredChunkPolicy(head, adapter, deterministic)
+    return HeadDirectory(directory, config, tensors, policy_config, files, [n for n in names if n not in files])
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -427,45 +270,6 @@ def training_record(run_dir: str | Path) -> tuple[dict, dict[str, Path]]:
     hyperparameters.update({f"env.{k}": v for k, v in (recipe.get("env") or {}).items() if k != "kwargs"})
     extra = {LEARNING_CURVE_NAME: run_dir / LEARNING_CURVE_NAME} if (run_dir / LEARNING_CURVE_NAME).is_file() else {}
     return to_json_safe({"hyperparameters": hyperparameters, "training": training}), extra
-
-
-def export_run(run_dir: str | Path, save_directory: str | Path, *, base: Any = None,
-               base_model_name_or_path: str | None = None, revision: str | None = None,
-               adapter_kwargs: dict | None = None, datasets: list[str] | None = None,
-               allow_base_mismatch: bool = False, model_card: bool = True, card_kwargs: dict | None = None) -> Path:
-    """A finished training run -> a shared head directory (with its card, metrics and learning curve).
-
-    ``base``: where the base is now (default: the recipe's ``base.path``, or its cached behaviour-cloned base);
-    ``base_model_name_or_path`` / ``revision``: what to record (e.g. the Hub repo the base is published as).
-    A LeRobot base gives a ``steered`` policy directory (``lerobot-eval --policy.path=`` runs it).
-    """
-    from vla_steer.config import recipe_from_dict
-
-    run_dir = Path(run_dir)
-    head = ActingHead.from_run(run_dir)
-    if datasets:
-        head.training_record.setdefault("training", {})["datasets"] = list(datasets)
-    family = head.raw_config.get("adapter")
-    if base is None:
-        if family not in (None, "native"):
-            raise ValueError(f"this run steered a {family!r} base, which its recipe does not name: pass base= "
-                             "(its path or Hub repo id)")
-        from vla_steer.pipeline import ensure_base
-
-        recipe = recipe_from_dict(json.loads((run_dir / "recipe.json").read_text()))
-        base = recipe.base.path or ensure_base(recipe, show_progress=False)
-    if library_for_family(family) != "lerobot":
-        return save_head_dir(save_directory, head, base=base, base_model_name_or_path=base_model_name_or_path,
-                             revision=revision, adapter_kwargs=adapter_kwargs, model_card=model_card,
-                             card_kwargs=card_kwargs, allow_base_mismatch=allow_base_mismatch)
-    from vla_steer.lerobot_policy.modeling_steered import SteeredPolicy
-
-    adapter = load_base_adapter(base, library="lerobot", revision=revision, adapter_kwargs=adapter_kwargs)
-    policy = SteeredPolicy.from_base(adapter.policy, head, base_path=base_model_name_or_path or str(base),
-                                     base_revision=revision, adapter_kwargs=adapter_kwargs,
-                                     allow_base_mismatch=allow_base_mismatch)
-    policy.save_pretrained(save_directory, model_card=model_card, card_kwargs=card_kwargs)
-    return Path(save_directory).expanduser().resolve()
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -522,15 +326,15 @@ def prepare_upload(directory: str | Path, *, repo_id: str | None = None, commit_
     from huggingface_hub import CommitOperationAdd
 
     checked = validate_directory(directory, limits)
-    head, config = checked.head, checked.head.raw_config
-    if head.format_version < 1:
+    config = checked.config
+    if checked.format_version < 1:
         raise HeadFormatError(f"{checked.path} holds a format-0 head (a training run's head/), which does not name its "
                               "base: export it first (vla-steer push <run_dir> ..., or ActingHead.from_run(run_dir)"
                               ".save_pretrained(dir, base=...))")
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(checked.path / name)) for name in checked.files]
     if MODEL_CARD_NAME not in checked.files:
         card = render_model_card(config, sorted([*checked.files, MODEL_CARD_NAME]),
-                                 num_parameters=sum(t.numel() for t in head.state_dict().values()),
+                                 num_parameters=checked.num_parameters,
                                  **{"repo_id": repo_id, **(card_kwargs or {})})
         operations.append(CommitOperationAdd(path_in_repo=MODEL_CARD_NAME, path_or_fileobj=card.encode()))
     operations.sort(key=lambda op: op.path_in_repo)

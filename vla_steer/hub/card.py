@@ -22,7 +22,7 @@ METRIC_ORDER = ("success_rate", "return_mean", "return_std", "action_entropy", "
 HEADLINE_METRICS = ("success_rate", "return_mean", "action_entropy")  # listed in the front matter
 FILE_DESCRIPTIONS = {
     HEAD_CONFIG_NAME: "the head: algorithm, architecture, shapes, the base it was trained on, training record",
-    HEAD_WEIGHTS_NAME: "the head's tensors (acting network only, no critics)",
+    HEAD_WEIGHTS_NAME: "the head's tensors: the acting network, and the latent critic Q^W(s, z) when shipped",
     POLICY_CONFIG_NAME: "LeRobot config of the `steered` policy (base type, path, revision, adapter options)",
     MODEL_CARD_NAME: "this card",
     LEARNING_CURVE_NAME: "evaluation success, return and action entropy during training",

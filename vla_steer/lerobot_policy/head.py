@@ -1,11 +1,11 @@
-"""The acting part of a trained steering head, rebuilt from its ``head_config.json`` alone.
+"""``ActingHead``: the acting part of a trained steering head, rebuilt from its ``head_config.json`` alone.
 
-The trainer (``SteeringTrainer.save_head``) writes ``head.safetensors`` with keys ``"<module>.<param>"`` for
-the algorithm's ``head_modules()`` and ``head_config.json`` with the algorithm, the :class:`HeadConfig`, the
-noise / latent shapes, the feature width and the base's fingerprint (format 0). A shared head directory
-(``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``, format 1, spec in ``hub/FORMAT.md``) adds what the
-head was trained on: the base's name, revision, type, library version, fingerprint, the feature options, the
-hyper-parameters and the training metrics. Acting needs only the actor:
+A head directory holds ``head_config.json`` (the algorithm, the architecture, the noise / latent shapes, the feature
+width; format 1 adds the base it was trained on: name, revision, type, library version, fingerprint, feature
+options, hyper-parameters, training metrics) and ``head.safetensors`` (``"<module>.<param>"``). The format, its
+checks and its one reader / writer are ``vla_steer.hub`` (spec in ``hub/FORMAT.md``); this class sits above it: it
+builds the modules a config describes (``vla_steer.hub.schema.build_head_modules``) and acts through the same
+acting rule the algorithm used in training (``vla_steer.steering.ACTING_RULES``):
 
 * ``lpds``: ``z = clip(eps + Delta(s), +-bound)``, ``eps ~ N(0, I)``; deterministic: ``eps = 0``.
 * ``dsrl_sac`` / ``dsrl_na``: ``z = bound * tanh(mean(s) + std(s) * eps)``; deterministic: ``bound * tanh(mean(s))``.
@@ -16,10 +16,8 @@ a few hundred kB) so that a deployed policy can pick the best of K proposals (:m
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,142 +26,22 @@ import torch
 from torch import nn
 
 from vla_steer.adapters.base import LatentLayout
-from vla_steer.config import HeadConfig, RecipeError, _from_dict
-from vla_steer.hub.fingerprint import FULL, METHODS, base_fingerprint, compare_fingerprints
-from vla_steer.hub.format import (DEFAULT_LIMITS, FORMAT_VERSION, HEAD_CONFIG_NAME, HEAD_DTYPES, HEAD_WEIGHTS_NAME,
-                                  LEARNING_CURVE_NAME, BaseMismatchError, HeadFormatError, Limits, dump_json, read_json,
-                                  read_safetensors_header, reject_code_references, to_json_safe)
-from vla_steer.steering import CriticEnsemble, ResidualPerturbation, TanhGaussianLatentPolicy
+from vla_steer.hub.api import (HeadDirectory, base_record, library_for_family, load_base_adapter, push_directory,
+                               resolve_repo, training_record, write_model_card)
+from vla_steer.hub.fingerprint import FULL, base_fingerprint, compare_fingerprints
+from vla_steer.hub.format import (DEFAULT_LIMITS, HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, LEARNING_CURVE_NAME,
+                                  BaseMismatchError, HeadFormatError, Limits, to_json_safe)
+from vla_steer.hub.head_files import read_head, write_directory, write_head
+from vla_steer.hub.schema import (build_head_modules, canonical_head_config, mismatch_message, shared_head_config,
+                                  tensor_problems, validate_head_config)
+from vla_steer.steering import ACTING_RULES, ActingRule
 
 __all__ = ["ActingHead", "BaseMismatchError", "HeadFormatError", "validate_head_config", "HEAD_CONFIG_NAME",
            "HEAD_WEIGHTS_NAME"]
 
 logger = logging.getLogger(__name__)
 
-# format 0: what SteeringTrainer.save_head writes
-REQUIRED_KEYS = ("algorithm", "head", "noise_shape", "latent_shape", "feature_dim")
-OPTIONAL_KEYS = ("adapter", "env", "base_fingerprint", "critic")
-# format 1: a shared head (hub/FORMAT.md)
-V1_REQUIRED_KEYS = (*REQUIRED_KEYS, "format_version", "head_type", "adapter", "features", "base_model_name_or_path",
-                    "revision", "base_library", "base_library_version", "base_policy_type", "base_fingerprint")
-V1_OPTIONAL_KEYS = ("env", "hyperparameters", "training", "vla_steer_version", "critic")
-ALGORITHM_MODULES = {"lpds": "delta", "dsrl_sac": "actor", "dsrl_na": "actor"}
-HEAD_TYPES = {"lpds": "lpds_residual", "dsrl_sac": "dsrl_tanh_gaussian", "dsrl_na": "dsrl_tanh_gaussian"}
-BASE_LIBRARIES = ("lerobot", "vla_steer")
-FINGERPRINT_KEYS = ("method", "weights", "config", "num_tensors", "num_parameters")
 ALLOW_MISMATCH_ENV = "VLA_STEER_ALLOW_BASE_MISMATCH"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _is_int(value: Any, minimum: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _check_type(config: dict, key: str, types: tuple, description: str) -> None:
-    if key in config and not isinstance(config[key], types):
-        raise HeadFormatError(f"head config field {key!r} must be {description}, got {type(config[key]).__name__} "
-                              f"{config[key]!r}")
-
-
-def _check_shape(config: dict, key: str) -> tuple[int, int]:
-    value = config[key]
-    if not (isinstance(value, list) and len(value) == 2 and all(_is_int(d, 1) for d in value)):
-        raise HeadFormatError(f"head config field {key!r} must be a list of two positive integers, got {value!r}")
-    return tuple(value)
-
-
-def _check_fingerprint(value: Any) -> None:
-    if not (isinstance(value, dict) and set(value) == set(FINGERPRINT_KEYS) and value["method"] in METHODS
-            and all(isinstance(value[k], str) and _HEX64.match(value[k]) for k in ("weights", "config"))
-            and _is_int(value["num_tensors"]) and _is_int(value["num_parameters"])):
-        raise HeadFormatError(f"head config field 'base_fingerprint' must be an object with {list(FINGERPRINT_KEYS)} "
-                              f"(method one of {list(METHODS)}, 64-digit lowercase hex digests), got {value!r}")
-
-
-def validate_head_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Check a ``head_config.json`` dict field by field; returns it with ``head`` as a :class:`HeadConfig`.
-
-    Without ``format_version`` the dict is the trainer's format 0; with ``format_version: 1`` it is a shared head
-    and the base description is required. Unknown and missing fields, wrong types and code-referencing keys
-    (``auto_map``, ``_target_``, ``trust_remote_code`` ...) are errors that name the field.
-    """
-    if not isinstance(config, dict):
-        raise HeadFormatError(f"head config must be a JSON object, got {type(config).__name__}")
-    reject_code_references(config, "head config")
-    version = config.get("format_version", 0)
-    if not _is_int(version) or "format_version" in config and version < 1:
-        raise HeadFormatError(f"head config format_version must be a positive integer, got {version!r}")
-    if version > FORMAT_VERSION:
-        raise HeadFormatError(f"head config has format_version {version}, written by a newer vla_steer; this one reads "
-                              f"format_version <= {FORMAT_VERSION}: upgrade vla_steer")
-    required, optional = (V1_REQUIRED_KEYS, V1_OPTIONAL_KEYS) if version else (REQUIRED_KEYS, OPTIONAL_KEYS)
-    unknown = sorted(set(config) - set(required) - set(optional))
-    if unknown:
-        raise HeadFormatError(f"head config has unknown field(s) {unknown}; allowed: {[*required, *optional]}")
-    missing = [key for key in required if key not in config]
-    if missing:
-        raise HeadFormatError(f"head config is missing field(s) {missing}")
-    if config["algorithm"] not in ALGORITHM_MODULES:
-        raise HeadFormatError(f"head config algorithm {config['algorithm']!r} is unknown; use one of {sorted(ALGORITHM_MODULES)}")
-    head = config["head"]
-    names = [f.name for f in dataclasses.fields(HeadConfig)]
-    if not isinstance(head, dict) or set(head) - set(names):
-        extra = sorted(set(head) - set(names)) if isinstance(head, dict) else head
-        raise HeadFormatError(f"head config field 'head' has unknown field(s) {extra}; allowed: {names}")
-    try:
-        head = _from_dict(HeadConfig, head, "head")
-    except RecipeError as exc:
-        raise HeadFormatError(f"head config field {exc}") from None
-    for key in ("hidden_dim", "num_layers", "num_critics"):
-        if not _is_int(getattr(head, key), 1 if key != "num_layers" else 0):
-            raise HeadFormatError(f"head config field 'head.{key}' must be a positive integer, got {getattr(head, key)!r}")
-    if head.encoder_dim is not None and not _is_int(head.encoder_dim, 1):
-        raise HeadFormatError("head config field 'head.encoder_dim' must be a positive integer or null")
-    if not head.bound > 0:
-        raise HeadFormatError(f"head config field 'head.bound' must be positive, got {head.bound!r}")
-    noise_shape, latent_shape = _check_shape(config, "noise_shape"), _check_shape(config, "latent_shape")
-    if not _is_int(config["feature_dim"], 1):
-        raise HeadFormatError(f"head config field 'feature_dim' must be a positive integer, got {config['feature_dim']!r}")
-    layout = LatentLayout(head.latent_layout, noise_shape)
-    if layout.latent_shape != latent_shape:
-        raise HeadFormatError(f"latent_shape {list(latent_shape)} does not follow from noise_shape {list(noise_shape)} "
-                              f"under latent_layout {head.latent_layout!r} (expected {list(layout.latent_shape)})")
-    _check_type(config, "adapter", (str,), "a string (the adapter family)")
-    _check_type(config, "env", (str, type(None)), "a string or null")
-    if "base_fingerprint" in config:
-        _check_fingerprint(config["base_fingerprint"])
-    if config.get("critic", "latent") != "latent":
-        raise HeadFormatError(f"head config field 'critic' must be \"latent\" (the head ships its Q^W(s, z) for "
-                              f"best-of-K selection) or absent, got {config['critic']!r}")
-    if version:
-        if config["head_type"] != HEAD_TYPES[config["algorithm"]]:
-            raise HeadFormatError(f"head config head_type {config['head_type']!r} does not match algorithm "
-                                  f"{config['algorithm']!r} (expected {HEAD_TYPES[config['algorithm']]!r})")
-        features = config["features"]
-        if not (isinstance(features, dict) and set(features) == {"pooling", "adapter_kwargs"}
-                and isinstance(features["pooling"], (str, type(None))) and isinstance(features["adapter_kwargs"], dict)):
-            raise HeadFormatError(f"head config field 'features' must be {{'pooling': string or null, 'adapter_kwargs': "
-                                  f"object}}, got {features!r}")
-        if not (isinstance(config["base_model_name_or_path"], str) and config["base_model_name_or_path"]):
-            raise HeadFormatError("head config field 'base_model_name_or_path' must be a non-empty string")
-        _check_type(config, "revision", (str, type(None)), "a string or null")
-        if config["base_library"] not in BASE_LIBRARIES:
-            raise HeadFormatError(f"head config base_library {config['base_library']!r} is unknown; use one of {list(BASE_LIBRARIES)}")
-        for key in ("base_library_version", "base_policy_type", "vla_steer_version"):
-            _check_type(config, key, (str,), "a string")
-        for key in ("hyperparameters", "training"):
-            _check_type(config, key, (dict,), "an object")
-    return {**config, "head": head, "noise_shape": noise_shape, "latent_shape": latent_shape}
-
-
-def tensor_problems(expected: dict[str, tuple], found: dict[str, tuple]) -> list[str]:
-    """Missing, unexpected and wrongly shaped tensors between a head's modules and a file."""
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    wrong = [f"{k}: file {list(found[k])} vs head {list(v)}" for k, v in expected.items()
-             if k in found and tuple(found[k]) != tuple(v)]
-    return [p for p in (f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
-                        f"wrong shapes [{'; '.join(wrong)}]" if wrong else "") if p]
 
 
 def _allow_mismatch(allow: bool) -> bool:
@@ -176,26 +54,31 @@ class ActingHead(nn.Module):
     def __init__(self, head_config: dict[str, Any]):
         super().__init__()
         config = validate_head_config(head_config)
-        head: HeadConfig = config["head"]
+        head = config["head"]
         self.algorithm = config["algorithm"]
-        self.raw_config = to_json_safe({**config, "head": dataclasses.asdict(head), "noise_shape": list(config["noise_shape"]),
-                                        "latent_shape": list(config["latent_shape"])})
+        self.raw_config = canonical_head_config(head_config)
         self.layout = LatentLayout(head.latent_layout, config["noise_shape"])
         self.feature_dim, self.bound = int(config["feature_dim"]), float(head.bound)
-        latent_dim = self.layout.latent_dim
-        if self.algorithm == "lpds":
-            self.delta = ResidualPerturbation(self.feature_dim, latent_dim, head.hidden_dim, head.num_layers, head.encoder_dim)
-        else:
-            self.actor = TanhGaussianLatentPolicy(self.feature_dim, latent_dim, head.hidden_dim, head.num_layers,
-                                                  head.bound, head.encoder_dim)
-        # optional: the latent critic Q^W(s, z), shipped so that a deployed policy can rank K proposals
-        self.critic = CriticEnsemble(self.feature_dim, latent_dim, head.num_critics, head.hidden_dim, head.num_layers,
-                                     head.encoder_dim) if config.get("critic") == "latent" else None
+        # the algorithm's acting module ("delta" / "actor") and, if shipped, the latent critic Q^W(s, z) ("critic"),
+        # as the format describes them: the same modules, so the same tensor names, as the algorithm trained
+        self.critic: nn.Module | None = None
+        for name, module in build_head_modules(self.raw_config).items():
+            setattr(self, name, module)
         self.requires_grad_(False)
         # Training record not stored in format 0 (set by from_run): {"hyperparameters", "training"}, and extra
         # files to ship with a shared head ({"learning_curve.png": path}).
         self.training_record: dict[str, Any] = {k: config[k] for k in ("hyperparameters", "training") if k in config}
         self.extra_files: dict[str, Path] = {}
+
+    @property
+    def rule(self) -> ActingRule:
+        """The algorithm's acting rule, shared with training (``vla_steer.steering.ACTING_RULES``)."""
+        return ACTING_RULES[self.algorithm]
+
+    @property
+    def acting_module(self) -> nn.Module:
+        """LP-DS's Delta(s) (``delta``) or DSRL's tanh-Gaussian actor (``actor``)."""
+        return getattr(self, self.rule.module)
 
     @property
     def latent_dim(self) -> int:
@@ -209,20 +92,20 @@ class ActingHead(nn.Module):
     def base_name(self) -> str | None:
         return self.raw_config.get("base_model_name_or_path")
 
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel() for t in self.state_dict().values())
+
+    def head_modules(self) -> dict[str, nn.Module]:
+        """The modules whose tensors ``head.safetensors`` holds, by name (as ``SteeringAlgorithm.head_modules()``,
+        plus ``critic`` when shipped)."""
+        return dict(self.named_children())
+
     def forward(self, features: torch.Tensor, eps: torch.Tensor | None = None, deterministic: bool = False) -> torch.Tensor:
         """The latent for ``features``. ``eps`` (``[B, *latent_shape]`` or flat) fixes the standard-normal draw."""
-        batch = features.shape[0]
-        if deterministic:
-            eps = torch.zeros(batch, self.latent_dim, device=features.device)
-        elif eps is None:
-            eps = torch.randn(batch, self.latent_dim, device=features.device)
-        eps = eps.reshape(batch, self.latent_dim).to(device=features.device, dtype=torch.float32)
-        if self.algorithm == "lpds":
-            return (eps + self.delta(features)).clamp(-self.bound, self.bound)
-        # The actor's own forward draws its noise internally; this is its reparameterisation with a given draw.
-        mean, log_std = self.actor.net(self.actor.encoder(features)).chunk(2, dim=-1)
-        log_std = log_std.clamp(self.actor.LOG_STD_MIN, self.actor.LOG_STD_MAX)
-        return self.bound * torch.tanh(mean + log_std.exp() * eps)
+        if eps is not None and not deterministic:
+            eps = eps.reshape(features.shape[0], self.latent_dim).to(device=features.device, dtype=torch.float32)
+        return self.rule.act(self.acting_module, features, self.bound, eps, deterministic)
 
     def best_of_k(self, features: torch.Tensor, k: int, eps: torch.Tensor | None = None,
                   deterministic: bool = False) -> torch.Tensor:
@@ -300,40 +183,32 @@ class ActingHead(nn.Module):
         problems = tensor_problems({k: tuple(v.shape) for k, v in self.state_dict().items()},
                                    {k: tuple(v.shape) for k, v in tensors.items()})
         if problems:
-            raise HeadFormatError(self._mismatch_message(problems))
+            raise HeadFormatError(mismatch_message(self.raw_config, problems))
         self.load_state_dict(tensors, strict=True)
 
-    def _mismatch_message(self, problems: list[str]) -> str:
-        return (f"head tensors do not match head_config ({self.algorithm}, feature_dim={self.feature_dim}, "
-                f"latent_dim={self.latent_dim}): " + ", ".join(problems))
+    @classmethod
+    def from_state(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "ActingHead":
+        """Build from a ``head_config.json`` dict and the tensors of its ``head.safetensors``."""
+        head = cls(config)
+        head.load_tensors(tensors)
+        return head
+
+    @classmethod
+    def from_checked(cls, checked: HeadDirectory) -> "ActingHead":
+        """The head of a directory ``vla_steer.hub.validate_directory`` has checked (its learning curve carried)."""
+        head = cls.from_state(checked.config, checked.tensors)
+        if LEARNING_CURVE_NAME in checked.files:
+            head.extra_files[LEARNING_CURVE_NAME] = checked.path / LEARNING_CURVE_NAME
+        return head
 
     @classmethod
     def from_dir(cls, directory: str | Path, limits: Limits = DEFAULT_LIMITS) -> "ActingHead":
         """Build from a directory holding ``head_config.json`` and ``head.safetensors`` (a shared head directory or
-        the trainer's ``head/``). Everything is checked before tensors are read: the config's size and schema, the
-        safetensors header (size, dtypes, byte ranges, truncation) and each tensor's name and shape against the
-        modules the config describes, built on the meta device (no memory is allocated for a hostile config)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        config = read_json(directory / HEAD_CONFIG_NAME, HEAD_CONFIG_NAME, limits.max_json_bytes)
-        with torch.device("meta"):
-            skeleton = cls(config)
-        specs = read_safetensors_header(directory / HEAD_WEIGHTS_NAME, HEAD_WEIGHTS_NAME, max_bytes=limits.max_head_bytes,
-                                        max_tensors=limits.max_head_tensors, max_header_bytes=limits.max_header_bytes,
-                                        dtypes=HEAD_DTYPES)
-        problems = tensor_problems({k: tuple(v.shape) for k, v in skeleton.state_dict().items()},
-                                   {k: shape for k, (_, shape) in specs.items()})
-        if problems:
-            raise HeadFormatError(skeleton._mismatch_message(problems))
-        head = cls(config)
-        try:
-            tensors = load_file(str(directory / HEAD_WEIGHTS_NAME))
-        except SafetensorError as exc:
-            raise HeadFormatError(f"{HEAD_WEIGHTS_NAME} could not be read: {exc}") from None
-        head.load_tensors(tensors)
-        curve = directory / LEARNING_CURVE_NAME
+        the trainer's ``head/``), through the format's reader ``vla_steer.hub.read_head``: everything is checked
+        before tensors are read (the config's size and schema, the safetensors header, each tensor's name and shape
+        against the modules the config describes, on the meta device)."""
+        head = cls.from_state(*read_head(directory, limits))
+        curve = Path(directory) / LEARNING_CURVE_NAME
         if curve.is_file():  # carried along when the head is saved again (size and type checked when copied)
             head.extra_files[LEARNING_CURVE_NAME] = curve
         return head
@@ -342,8 +217,6 @@ class ActingHead(nn.Module):
     def from_run(cls, run_dir: str | Path) -> "ActingHead":
         """The head of a finished training run (``<output_dir>/head``), with its recipe, metrics and learning curve
         attached, ready for :meth:`save_pretrained` / ``SteeredPolicy.from_base``."""
-        from vla_steer.hub.api import training_record
-
         run_dir = Path(run_dir)
         if not (run_dir / "head" / HEAD_CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{run_dir} is not a finished training run: {run_dir / 'head' / HEAD_CONFIG_NAME} is missing")
@@ -356,22 +229,44 @@ class ActingHead(nn.Module):
                         token: str | bool | None = None, local_files_only: bool = False, force_download: bool = False,
                         limits: Limits = DEFAULT_LIMITS) -> "ActingHead":
         """A shared head from a local directory or a Hub repo id (at ``revision``; only the head's two files are
-        downloaded). No base is loaded: see ``vla_steer.hub.load_steered`` / ``SteeredPolicy.from_pretrained``."""
-        from vla_steer.hub.api import resolve_repo
-
+        downloaded). No base is loaded: see ``vla_steer.lerobot_policy.load_steered`` /
+        ``SteeredPolicy.from_pretrained``."""
         directory = resolve_repo(repo_id_or_path, revision=revision, patterns=[HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME],
                                  cache_dir=cache_dir, token=token, local_files_only=local_files_only,
                                  force_download=force_download)
         return cls.from_dir(directory, limits)
 
-    def save(self, directory: str | Path) -> None:
-        """Write the two files as they are (the trainer's format if the head came from a run)."""
-        from safetensors.torch import save_file
+    def save(self, directory: str | Path) -> Path:
+        """Write the two files with the config as it is (the trainer's format 0 if the head came from a run)."""
+        return write_head(directory, self.head_modules(), self.raw_config, extra_files=self.extra_files)
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(directory / HEAD_WEIGHTS_NAME))
-        (directory / HEAD_CONFIG_NAME).write_text(dump_json(self.raw_config))
+    def shared_config(self, base: Any = None, *, base_model_name_or_path: str | None = None, revision: str | None = None,
+                      adapter_kwargs: dict | None = None, allow_base_mismatch: bool = False, **hub: Any) -> dict:
+        """The format-1 ``head_config.json`` of this head on ``base`` (checked: shapes always, the fingerprint unless
+        ``allow_base_mismatch``). Without ``base`` the head must already describe its base (format 1)."""
+        if base is None:
+            if self.format_version < 1:
+                raise ValueError("this head (format 0: a training run's head/) does not say which base it was trained "
+                                 "on; pass base= (the base's adapter or policy, or its path or repo id)")
+            config = dict(self.raw_config)
+            if base_model_name_or_path is not None:
+                config["base_model_name_or_path"] = str(base_model_name_or_path)
+            if revision is not None:
+                config["revision"] = revision
+            return shared_head_config(self.raw_config, {k: config[k] for k in (
+                "adapter", "features", "base_model_name_or_path", "revision", "base_library", "base_library_version",
+                "base_policy_type", "base_fingerprint")}, self.training_record)
+        name = base_model_name_or_path or (str(base) if isinstance(base, (str, Path)) else self.base_name)
+        if not name:
+            raise ValueError("pass base_model_name_or_path=: where users get the base (a Hub repo id, or a path)")
+        if adapter_kwargs is None and self.format_version:
+            adapter_kwargs = self.raw_config["features"]["adapter_kwargs"]  # as in training
+        library = self.raw_config.get("base_library") or library_for_family(self.raw_config.get("adapter"))
+        adapter = load_base_adapter(base, library=library, policy_type=self.raw_config.get("base_policy_type"),
+                                    revision=revision, adapter_kwargs=adapter_kwargs, **hub)
+        self.check_base(adapter, adapter_kwargs if self.format_version else None, allow_base_mismatch)
+        return shared_head_config(self.raw_config, base_record(adapter, base_model_name_or_path=name, revision=revision,
+                                                               adapter_kwargs=adapter_kwargs), self.training_record)
 
     def save_pretrained(self, save_directory: str | Path, *, base=None, base_model_name_or_path: str | None = None,
                         revision: str | None = None, adapter_kwargs: dict | None = None, model_card: bool = False,
@@ -383,11 +278,15 @@ class ActingHead(nn.Module):
         this head already describes its base (format 1). ``base_model_name_or_path`` / ``revision``: what to
         record as the base's location (default: ``base`` when it is a path or id). The directory is written
         under a temporary name and renamed into place."""
-        from vla_steer.hub.api import save_head_dir
+        config = self.shared_config(base, base_model_name_or_path=base_model_name_or_path, revision=revision,
+                                    adapter_kwargs=adapter_kwargs, allow_base_mismatch=allow_base_mismatch)
 
-        return save_head_dir(save_directory, self, base=base, base_model_name_or_path=base_model_name_or_path,
-                             revision=revision, adapter_kwargs=adapter_kwargs, model_card=model_card,
-                             card_kwargs=card_kwargs, allow_base_mismatch=allow_base_mismatch)
+        def write(directory: Path) -> None:
+            write_head(directory, self.head_modules(), config, extra_files=self.extra_files, atomic=False)
+            if model_card:
+                write_model_card(directory, config, num_parameters=self.num_parameters, card_kwargs=card_kwargs)
+
+        return write_directory(save_directory, write)
 
     def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
                     token: str | None = None, branch: str | None = None, create_pr: bool | None = None,
@@ -395,8 +294,6 @@ class ActingHead(nn.Module):
         """Save (as :meth:`save_pretrained`, model card included) to a temporary directory and upload it in one
         commit. Returns huggingface_hub's ``CommitInfo``."""
         import tempfile
-
-        from vla_steer.hub.api import push_directory
 
         with tempfile.TemporaryDirectory() as tmp:
             directory = self.save_pretrained(Path(tmp) / "head", card_kwargs={"repo_id": repo_id, **(card_kwargs or {})},

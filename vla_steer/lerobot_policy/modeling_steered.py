@@ -42,8 +42,12 @@ from lerobot.utils.constants import ACTION
 from torch import Tensor
 
 from vla_steer.adapters.lerobot import adapter_for_lerobot_policy
-from vla_steer.lerobot_policy.configuration_steered import SteeredConfig
+from vla_steer.hub.api import (BASE_PATTERNS, base_record, check_base_config_file, push_directory, resolve_repo,
+                               validate_directory, write_model_card)
 from vla_steer.hub.format import LOAD_PATTERNS, check_processor_config
+from vla_steer.hub.head_files import write_directory, write_head
+from vla_steer.hub.schema import shared_head_config
+from vla_steer.lerobot_policy.configuration_steered import SteeredConfig
 from vla_steer.lerobot_policy.head import ActingHead, HeadFormatError
 
 # Adapters whose encode accepts an observation history [B, n_obs_steps, ...]
@@ -63,8 +67,6 @@ def resolve_base_path(config: SteeredConfig, steered_dir: str | Path | None = No
 def base_directory(config: SteeredConfig, steered_dir: str | Path | None = None, **hub_kwargs) -> Path:
     """The base's files on disk: its local directory, or a snapshot of its config, weights and processor files
     (nothing else) from the Hub or its cache at ``base_revision``. Its ``config.json`` is checked as JSON first."""
-    from vla_steer.hub.api import BASE_PATTERNS, check_base_config_file, resolve_repo
-
     directory = resolve_repo(resolve_base_path(config, steered_dir), revision=config.base_revision,
                              patterns=BASE_PATTERNS, **hub_kwargs)
     check_base_config_file(directory, "lerobot")
@@ -178,8 +180,6 @@ class SteeredPolicy(PreTrainedPolicy):
         whose fingerprint differs unless ``allow_base_mismatch`` (or ``VLA_STEER_ALLOW_BASE_MISMATCH=1``, for
         ``lerobot-eval``), which logs a loud warning instead.
         """
-        from vla_steer.hub.api import resolve_repo, validate_directory
-
         hub = dict(force_download=force_download, proxies=proxies, token=token, cache_dir=cache_dir,
                    local_files_only=local_files_only)
         model_id = str(pretrained_name_or_path)
@@ -188,7 +188,7 @@ class SteeredPolicy(PreTrainedPolicy):
         checked = validate_directory(directory)
         if checked.policy_config is None:
             raise FileNotFoundError(f"{model_id} holds a steering head without a LeRobot config.json (a head on a "
-                                    "non-LeRobot base): load it with vla_steer.hub.load_steered")
+                                    "non-LeRobot base): load it with vla_steer.lerobot_policy.load_steered")
         if config is None:
             config = PreTrainedConfig.from_pretrained(directory)
         if not isinstance(config, SteeredConfig):
@@ -198,7 +198,8 @@ class SteeredPolicy(PreTrainedPolicy):
             base_source, base_policy = load_base_policy(config, model_id if local else None, **hub)
         else:
             base_source = None
-        policy = cls(config, base_policy=base_policy, head=checked.head, allow_base_mismatch=allow_base_mismatch)
+        policy = cls(config, base_policy=base_policy, head=ActingHead.from_checked(checked),
+                     allow_base_mismatch=allow_base_mismatch)
         policy._base_source = base_source
         policy.to(config.device)
         policy.eval()
@@ -212,8 +213,6 @@ class SteeredPolicy(PreTrainedPolicy):
         from lerobot.processor.converters import (batch_to_transition, policy_action_to_transition,
                                                   transition_to_batch, transition_to_policy_action)
         from lerobot.utils.constants import POLICY_POSTPROCESSOR_DEFAULT_NAME, POLICY_PREPROCESSOR_DEFAULT_NAME
-
-        from vla_steer.hub.api import BASE_PATTERNS, resolve_repo
 
         try:
             source = resolve_repo(self._base_source or resolve_base_path(self.config), revision=self.config.base_revision,
@@ -239,19 +238,15 @@ class SteeredPolicy(PreTrainedPolicy):
 
     def hub_head_config(self) -> dict:
         """The format-1 ``head_config.json`` of this head on this base (fingerprint, feature options, training)."""
-        from vla_steer.hub.api import base_record, shared_head_config
-
-        return shared_head_config(self.head, base_record(
+        return shared_head_config(self.head.raw_config, base_record(
             self.adapter, base_model_name_or_path=self.config.base_path, revision=self.config.base_revision,
-            adapter_kwargs=self.config.adapter_kwargs))
+            adapter_kwargs=self.config.adapter_kwargs), self.head.training_record)
 
     def save_pretrained(self, save_directory: str | Path, *, repo_id: str | None = None, push_to_hub: bool = False,
                         card_kwargs: dict[str, Any] | None = None, model_card: bool = False, **push_to_hub_kwargs) -> Any:
         """Write the steered directory under a temporary name and rename it into place (a directory that holds
         other files is not replaced). ``model_card=True`` adds ``README.md`` (``push_to_hub`` always does)."""
-        from vla_steer.hub.api import replace_directory
-
-        replace_directory(save_directory, lambda tmp: self._save_pretrained(tmp, model_card=model_card,
+        write_directory(save_directory, lambda tmp: self._save_pretrained(tmp, model_card=model_card,
                                                                             card_kwargs=card_kwargs))
         if push_to_hub:
             return self.push_to_hub(repo_id or Path(save_directory).name, card_kwargs=card_kwargs, **push_to_hub_kwargs)
@@ -259,16 +254,14 @@ class SteeredPolicy(PreTrainedPolicy):
 
     def _save_pretrained(self, save_directory: Path, model_card: bool = False, card_kwargs: dict | None = None) -> None:
         """``config.json`` + the head's files (format 1) + the base's processor files (no base weights)."""
-        from vla_steer.hub.api import write_head_files, write_model_card
-
         preprocessor, postprocessor = self.base_processors()
         head_config = self.hub_head_config()
         self.config._save_pretrained(save_directory)
-        write_head_files(save_directory, self.head, head_config)
+        write_head(save_directory, self.head.head_modules(), head_config, extra_files=self.head.extra_files, atomic=False)
         preprocessor.save_pretrained(save_directory)
         postprocessor.save_pretrained(save_directory)
         if model_card:
-            write_model_card(save_directory, self.head, head_config, card_kwargs)
+            write_model_card(save_directory, head_config, num_parameters=self.head.num_parameters, card_kwargs=card_kwargs)
 
     def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
                     token: str | None = None, branch: str | None = None, create_pr: bool | None = None,
@@ -276,8 +269,6 @@ class SteeredPolicy(PreTrainedPolicy):
         """Save to a temporary directory (model card included) and upload exactly its files in one commit
         (``vla_steer.hub.push_directory``; the Hub endpoint is huggingface_hub's, ``HF_ENDPOINT`` for a mirror).
         Returns huggingface_hub's ``CommitInfo``."""
-        from vla_steer.hub.api import push_directory
-
         card_kwargs = {"repo_id": repo_id, **(card_kwargs or {})}
         with tempfile.TemporaryDirectory() as tmp:
             directory = Path(tmp) / "steered"
@@ -308,7 +299,8 @@ class SteeredPolicy(PreTrainedPolicy):
                 batch[key] = torch.stack(list(queue), dim=1)  # [B, n_obs_steps, ...], oldest first
         return batch
 
-    def _chunk(self, observation: dict[str, Tensor], noise: Tensor | None, deterministic: bool | None) -> Tensor:
+    def _chunk(self, observation: dict[str, Tensor], noise: Tensor | None, deterministic: bool | None,
+               executed_only: bool) -> Tensor:
         context = self.adapter.encode(observation)  # the one expensive pass
         deterministic = self.config.deterministic if deterministic is None else deterministic
         features, k = context.features.float(), self.config.best_of_k
@@ -316,7 +308,8 @@ class SteeredPolicy(PreTrainedPolicy):
             latent = self.head.best_of_k(features, k, eps=noise, deterministic=deterministic)
         else:
             latent = self.head(features, eps=noise, deterministic=deterministic)
-        return self.adapter.decode(context, self.head.layout.to_noise(latent))
+        noise = self.head.layout.to_noise(latent)
+        return self.adapter.decode(context, noise) if executed_only else self.adapter.predict_action_chunk(context, noise)
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None,
@@ -324,7 +317,7 @@ class SteeredPolicy(PreTrainedPolicy):
         """The base's chunk for the noise the head picks (``noise``: the prior draw ``eps``, see the module doc;
         with ``config.best_of_k = K > 1`` one draw per proposal, ``[B * K, ...]``)."""
         self.eval()
-        return self._chunk(self._observation(batch), noise, deterministic)
+        return self._chunk(self._observation(batch), noise, deterministic, executed_only=False)
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None,
@@ -333,9 +326,8 @@ class SteeredPolicy(PreTrainedPolicy):
         self.eval()
         observation = self._observation(batch)
         if len(self._queues[ACTION]) == 0:
-            chunk = self._chunk(observation, noise, deterministic)
-            # [B, rows, A] -> queue of [B, A], as LeRobot's policies do
-            self._queues[ACTION].extend(chunk.transpose(0, 1)[: self.n_action_steps])
+            chunk = self._chunk(observation, noise, deterministic, executed_only=True)
+            self._queues[ACTION].extend(chunk.transpose(0, 1))  # [B, rows, A] -> queue of [B, A], as LeRobot's policies do
         return self._queues[ACTION].popleft()
 
     # ------------------------------------------------------------------------------------------------

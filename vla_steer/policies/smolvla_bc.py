@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from vla_steer.envs.registry import IMAGE_KEY, STATE_KEY, metaworld_task_descriptions
-from vla_steer.training.checkpoint import write_atomically
+from vla_steer.files import write_atomically
 
 
 @dataclass

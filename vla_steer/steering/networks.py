@@ -1,8 +1,19 @@
-"""The steering head's networks: feature encoder, latent policies and batched critic ensembles."""
+"""The steering head's networks: feature encoder, latent policies and batched critic ensembles, and each method's
+acting rule.
+
+:data:`ACTING_RULES` is the one place a method's acting module and its rule ``features (+ prior draw) -> latent``
+are defined. The algorithms act through it in training and evaluation (``SteeringAlgorithm.act``), and a deployed
+head acts through it too (``vla_steer.lerobot_policy.ActingHead``), so the two cannot drift apart:
+
+* ``lpds``: ``z = clip(eps + Delta(s), +-bound)``, ``eps ~ N(0, I)``; deterministic: ``eps = 0``.
+* ``dsrl_sac`` / ``dsrl_na``: ``z = bound * tanh(mean(s) + std(s) * eps)``; deterministic: ``bound * tanh(mean(s))``.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -48,11 +59,19 @@ class TanhGaussianLatentPolicy(nn.Module):
         self.bound = bound
         self.latent_dim = latent_dim
 
-    def forward(self, features: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the latent ``[B, latent_dim]`` and its log-probability ``[B]`` (tanh and scale corrected)."""
+    def forward(self, features: torch.Tensor, deterministic: bool = False,
+                eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the latent ``[B, latent_dim]`` and its log-probability ``[B]`` (tanh and scale corrected).
+
+        ``u = mean + std * eps`` with ``eps ~ N(0, I)`` drawn here unless given (``[B, latent_dim]``: the
+        reparameterisation with a fixed draw); ``deterministic``: ``u = mean``."""
         mean, log_std = self.net(self.encoder(features)).chunk(2, dim=-1)
         log_std = log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
-        u = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
+        if deterministic:
+            u = mean
+        else:
+            eps = torch.randn_like(mean) if eps is None else eps.to(device=mean.device, dtype=mean.dtype)
+            u = mean + log_std.exp() * eps
         z = torch.tanh(u)
         gaussian_logp = (-0.5 * ((u - mean) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         # log|d(bound * tanh u)/du| = log(bound) + log(1 - tanh^2 u), the stable form of the latter
@@ -126,3 +145,66 @@ class CriticEnsemble(nn.Module):
     @staticmethod
     def reduce(q: torch.Tensor, how: str) -> torch.Tensor:
         return q.min(0).values if how == "min" else q.mean(0)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# acting rules
+def residual_latent(delta_net: ResidualPerturbation, features: torch.Tensor, bound: float,
+                    eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """LP-DS: ``(z, Delta(s))`` with ``z = clip(eps + Delta(s), +-bound)``; ``eps ~ N(0, I)`` unless given."""
+    delta = delta_net(features)
+    eps = torch.randn_like(delta) if eps is None else eps
+    return (eps + delta).clamp(-bound, bound), delta
+
+
+def act_residual(delta_net: ResidualPerturbation, features: torch.Tensor, bound: float,
+                 eps: torch.Tensor | None = None, deterministic: bool = False) -> torch.Tensor:
+    """LP-DS's acting rule: ``clip(eps + Delta(s), +-bound)``; deterministic: ``eps = 0``."""
+    if deterministic:
+        eps = torch.zeros(features.shape[0], delta_net.latent_dim, device=features.device)
+    return residual_latent(delta_net, features, bound, eps)[0]
+
+
+def act_tanh_gaussian(actor: TanhGaussianLatentPolicy, features: torch.Tensor, bound: float,
+                      eps: torch.Tensor | None = None, deterministic: bool = False) -> torch.Tensor:
+    """DSRL's acting rule: ``bound * tanh(mean(s) + std(s) * eps)``; deterministic: ``bound * tanh(mean(s))``.
+    ``bound`` is the actor's own (it is built with it); the argument is there so every rule has one signature."""
+    if bound != actor.bound:
+        raise ValueError(f"the actor was built with bound {actor.bound}, asked to act with bound {bound}")
+    return actor(features, deterministic, eps)[0]
+
+
+def build_residual(feature_dim: int, latent_dim: int, head: Any) -> ResidualPerturbation:
+    return ResidualPerturbation(feature_dim, latent_dim, head.hidden_dim, head.num_layers, head.encoder_dim)
+
+
+def build_tanh_gaussian(feature_dim: int, latent_dim: int, head: Any) -> TanhGaussianLatentPolicy:
+    return TanhGaussianLatentPolicy(feature_dim, latent_dim, head.hidden_dim, head.num_layers, head.bound,
+                                    head.encoder_dim)
+
+
+def build_latent_critic(feature_dim: int, latent_dim: int, head: Any) -> CriticEnsemble:
+    """The latent critic Q^W(s, z) of every method (the one a deployed head ships for best-of-K)."""
+    return CriticEnsemble(feature_dim, latent_dim, head.num_critics, head.hidden_dim, head.num_layers, head.encoder_dim)
+
+
+@dataclass(frozen=True)
+class ActingRule:
+    """How one method acts.
+
+    ``module``: the name of its acting module, in ``SteeringAlgorithm.head_modules()`` and so in the head format
+    (tensors ``<module>.*`` in ``head.safetensors``). ``build(feature_dim, latent_dim, head)``: that module from
+    the recipe's ``head`` section (a ``vla_steer.config.HeadConfig``). ``act(module, features, bound, eps=None,
+    deterministic=False)``: the latent ``[B, latent_dim]``, ``eps`` (``[B, latent_dim]``) fixing the prior draw.
+    """
+
+    module: str
+    build: Callable[[int, int, Any], nn.Module]
+    act: Callable[..., torch.Tensor]
+
+
+ACTING_RULES: dict[str, ActingRule] = {
+    "lpds": ActingRule("delta", build_residual, act_residual),
+    "dsrl_sac": ActingRule("actor", build_tanh_gaussian, act_tanh_gaussian),
+    "dsrl_na": ActingRule("actor", build_tanh_gaussian, act_tanh_gaussian),
+}

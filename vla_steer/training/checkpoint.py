@@ -8,15 +8,14 @@ leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
 
 TENSOR_KEY = "__tensor__"
 
@@ -91,16 +90,3 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
-def write_atomically(final_dir: Path, write) -> None:
-    """Call ``write(tmp_dir)`` then replace ``final_dir`` with it in one rename."""
-    final_dir = Path(final_dir)
-    tmp = final_dir.with_name(final_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = final_dir.with_name(final_dir.name + ".old")
-    if final_dir.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final_dir, old)
-    os.replace(tmp, final_dir)
-    shutil.rmtree(old, ignore_errors=True)

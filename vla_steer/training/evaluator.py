@@ -1,7 +1,7 @@
 """The evaluator: fixed evaluation start states, base vs. steered, success / return / action entropy.
 
-Evaluation runs on its own envs seeded from ``EVAL_SEED`` (disjoint from every training seed: training env seeds
-are ``seed * 10_000 + process * 1_000 + i``, far below it) and on its own RNG stream, so base and steered policies
+Evaluation runs on its own envs seeded from ``train.eval_seed`` (default ``EVAL_SEED``; disjoint from every training
+seed: training env seeds are ``seed * 10_000 + process * 1_000 + i``, far below it) and on its own RNG stream, so base and steered policies
 see the same start states and evaluating never changes training.
 """
 
@@ -28,8 +28,9 @@ class Evaluator:
     tiled latent).
     """
 
-    def __init__(self, recipe: Recipe, base, layout: LatentLayout):
+    def __init__(self, recipe: Recipe, base, layout: LatentLayout, seed: int = EVAL_SEED):
         self.recipe, self.base, self.adapter, self.layout = recipe, base, base.adapter, layout
+        self.seed = seed
 
     def evaluate(self, mode: str = "policy", algo=None) -> dict:
         if mode != "base" and algo is None:
@@ -66,8 +67,8 @@ class Evaluator:
         n_envs = min(t.eval_num_envs, t.eval_episodes)
         quota = np.array([t.eval_episodes // n_envs + (i < t.eval_episodes % n_envs) for i in range(n_envs)])
         eval_recipe = _with_num_envs(self.recipe, n_envs)
-        collector = Collector(eval_recipe, self.base, self.layout, seed=EVAL_SEED)
-        obs, _ = collector.envs.reset(seed=[EVAL_SEED + i for i in range(n_envs)])  # same start states every time
+        collector = Collector(eval_recipe, self.base, self.layout, seed=self.seed)
+        obs, _ = collector.envs.reset(seed=[self.seed + i for i in range(n_envs)])  # same start states every time
         tracker, finished = EpisodeTracker(n_envs), np.zeros(n_envs, int)
         entropy_contexts, latent_norms, delta_norms = [], [], []
         while (finished < quota).any():

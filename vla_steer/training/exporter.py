@@ -20,14 +20,12 @@ import torch
 def run_provenance(trainer) -> dict:
     """Where the base came from, the code and the machine: what a reader needs to trust or rerun a result."""
     from vla_steer.hub.fingerprint import base_fingerprint
-    from vla_steer.training.evaluator import EVAL_SEED
-
     base = trainer.base
     t = trainer.recipe.train
     return {
         "base_policy": {"source": base.source, "revision": base.revision, "family": trainer.adapter.family,
                  "fingerprint": base_fingerprint(trainer.adapter)},
-        "evaluation_seeds": [EVAL_SEED + i for i in range(min(t.eval_num_envs, t.eval_episodes))],
+        "evaluation_seeds": [t.eval_seed + i for i in range(min(t.eval_num_envs, t.eval_episodes))],
         "training_env_seed": trainer.env_seed,
         "git_commit": git_commit(),
         "versions": versions(),
@@ -58,24 +56,19 @@ def export_run(trainer, wall_time: float) -> dict:
 
 
 def save_head(trainer, directory: Path) -> Path:
-    """The trained head's weights (safetensors) and what it was trained on (JSON)."""
-    from safetensors.torch import save_file
-
+    """The trained head through the hub format's one writer: the acting modules and the latent critic, with what it
+    was trained on (the base's fingerprint, shapes, feature options, algorithm)."""
+    from vla_steer.hub import write_head
     from vla_steer.hub.fingerprint import base_fingerprint
     from vla_steer.steering.best_of_k import latent_critic
 
     algo, recipe = trainer.algo, trainer.recipe
-    directory.mkdir(parents=True, exist_ok=True)
-    modules = {**algo.head_modules(), "critic": latent_critic(algo)}
-    tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
-               for name, module in modules.items() for k, v in module.state_dict().items()}
-    save_file(tensors, directory / "head.safetensors")
-    (directory / "head_config.json").write_text(json.dumps({
+    head_config = {
         "critic": "latent", "algorithm": recipe.algorithm.name, "head": asdict(recipe.head),
         "noise_shape": list(trainer.adapter.noise_shape), "latent_shape": list(trainer.layout.latent_shape),
         "feature_dim": trainer.adapter.feature_dim, "adapter": trainer.adapter.family,
-        "env": recipe.env.id or recipe.env.type, "base_fingerprint": base_fingerprint(trainer.adapter)}, indent=2))
-    return directory
+        "env": recipe.env.id or recipe.env.type, "base_fingerprint": base_fingerprint(trainer.adapter)}
+    return write_head(directory, {**algo.head_modules(), "critic": latent_critic(algo)}, head_config)
 
 
 def git_commit() -> str | None:

@@ -1,7 +1,8 @@
 """The steering trainer: a collector, a learner, an evaluator and an exporter, with exact resume.
 
 One loop iteration = one *vectorised chunk step* of the collector (every env executes ``n_action_steps``
-actions decoded from the head's latent), its transition into the learner, then ``utd * num_envs`` updates.
+actions decoded from the head's latent), its transition into the learner, ``utd * num_envs`` updates, then, when one
+is due, an evaluation of the updated head (so the last evaluation scores exactly the head that is saved).
 A checkpoint is written between the env step and the updates, so a resumed run's next update is bit-identical
 to the uninterrupted run's (envs are reset on resume: the episode in progress at the checkpoint is lost, the
 transitions already collected are not).
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from vla_steer.adapters.base import LatentLayout
 from vla_steer.algorithms import SteeringAlgorithm, build_algorithm
 from vla_steer.config import Recipe
+from vla_steer.files import write_atomically
 from vla_steer.training import checkpoint as ckpt
 from vla_steer.training.collector import Collector, NonFiniteError  # noqa: F401  (NonFiniteError re-exported)
 from vla_steer.training.evaluator import Evaluator
@@ -69,7 +71,7 @@ class SteeringTrainer:
         self.learner = Learner(recipe, self.algo, acc, sampler_seed=t.seed * 7919 + acc.process_index)
         self.env_seed = t.seed * 10_000 + acc.process_index * 1_000
         self.collector = Collector(recipe, base, self.layout, self.env_seed, self._recording_dir())
-        self.evaluator = Evaluator(recipe, base, self.layout)
+        self.evaluator = Evaluator(recipe, base, self.layout, seed=t.eval_seed)
 
         steps_per_iteration = recipe.env.num_envs * self.adapter.n_action_steps * acc.num_processes
         self.total_iterations = math.ceil(t.total_env_steps / steps_per_iteration)
@@ -81,6 +83,7 @@ class SteeringTrainer:
         self.base_metrics: dict | None = None
         self._metrics_file = None
         self._updates_pending = False
+        self._last_update: dict = {}
 
     # the parts tests and scripts reach for
     @property
@@ -110,9 +113,7 @@ class SteeringTrainer:
         return self.output_dir / ("rollouts" if rank == 0 else f"rollouts_rank{rank}")
 
     def load_offline_data(self) -> None:
-        """Encode the offline dataset (``offline.dataset``) into chunk transitions for the learner's second buffer."""
-        from vla_steer.data.offline import offline_chunk_transitions
-
+        """Encode the offline dataset (``offline.dataset``) into the learner's second buffer."""
         source = self.recipe.offline.dataset
         if source == "demos":
             from vla_steer.pipeline import ensure_demos
@@ -120,6 +121,12 @@ class SteeringTrainer:
             root = ensure_demos(self.recipe, show_progress=False)
         else:
             root = Path(source).expanduser()
+        self.learner.set_offline(self.offline_transitions(root))
+
+    def offline_transitions(self, root: Path) -> dict[str, torch.Tensor]:
+        """A LeRobotDataset with rewards as chunk transitions, observations processed and encoded as the collector's."""
+        from vla_steer.data.offline import offline_chunk_transitions
+
         a, observations = self.recipe.algorithm, self.base.observations
         if observations.preprocessor is None:  # built-in MLP policies read the flat state
             to_policy_batch, encode = None, lambda batch: self.adapter.encode(batch["observation.state"].to(self.accelerator.device))
@@ -128,12 +135,11 @@ class SteeringTrainer:
                 frames = observations.env_preprocessor(frames) if observations.env_preprocessor is not None else frames
                 return observations.preprocessor(frames)
             encode = self.adapter.encode
-        transitions = offline_chunk_transitions(
+        return offline_chunk_transitions(
             root, n_action_steps=self.adapter.n_action_steps, n_obs_steps=self.adapter.n_obs_steps, gamma=a.gamma,
             discount_mode=a.discount_mode, to_policy_batch=to_policy_batch, encode=encode,
             normalize_action=self.base.normalize_actions, latent_dim=self.layout.latent_dim,
             show_progress=self.recipe.train.show_progress and self.accelerator.is_main_process)
-        self.learner.set_offline(transitions)
 
     def evaluate(self, mode: str = "policy") -> dict:
         return self.evaluator.evaluate(mode, self.algo)
@@ -172,7 +178,7 @@ class SteeringTrainer:
         # Shared parts from the main process; per-process parts (buffer, RNG) by each process into its own file.
         staging = self.checkpoint_dir.with_name("staging")
         if acc.is_main_process:
-            ckpt.write_atomically(staging, write)
+            write_atomically(staging, write)
         acc.wait_for_everyone()
         rank = acc.process_index
         learner = self.learner.state_dict()
@@ -180,7 +186,7 @@ class SteeringTrainer:
         ckpt.save_tree(staging, f"rng_rank{rank}", {"global": ckpt.rng_state(), "sampler": learner["sampler"]})
         acc.wait_for_everyone()
         if acc.is_main_process:
-            ckpt.write_atomically(self.checkpoint_dir, lambda d: [p.rename(d / p.name) for p in staging.iterdir()])
+            write_atomically(self.checkpoint_dir, lambda d: [p.rename(d / p.name) for p in staging.iterdir()])
             staging.rmdir()
         acc.wait_for_everyone()
 
@@ -263,6 +269,15 @@ class SteeringTrainer:
                         f"return {self.base_metrics.get('return_mean', 0):.1f}")
         return resumed
 
+    def _update_and_evaluate(self, start: float, progress) -> None:
+        """The updates of the iteration just collected, then its evaluation if one is due: the last evaluation scores
+        the head that is saved."""
+        if self.iteration >= self.warmup_iterations:
+            for _ in range(self.recipe.algorithm.utd * self.recipe.env.num_envs):
+                self._last_update = self.learner.update()
+        if self.iteration % self.eval_every_iterations == 0 or self.iteration == self.total_iterations:
+            self._evaluate_progress(start, self._last_update, progress)
+
     def _evaluate_progress(self, start: float, last: dict, progress) -> None:
         env_steps = self.global_env_steps()
         if self.accelerator.is_main_process:
@@ -278,26 +293,18 @@ class SteeringTrainer:
         acc, t = self.accelerator, self.recipe.train
         start = time.time()
         resumed = self._start()
-        updates_per_iteration = self.recipe.algorithm.utd * self.recipe.env.num_envs
         progress = tqdm(total=self.total_iterations, initial=self.iteration, desc=f"{self.recipe.algorithm.name}",
                         disable=not (t.show_progress and acc.is_main_process), unit="it")
-        last = {}
-        if resumed and self._updates_pending and self.iteration >= self.warmup_iterations:
+        if resumed and self._updates_pending:
             # the checkpoint was written after a collection step and before its updates: run those first
-            for _ in range(updates_per_iteration):
-                last = self.learner.update()
+            self._update_and_evaluate(start, progress)
         while self.iteration < self.total_iterations:
             self.collect(warm=self.iteration < self.warmup_iterations)
             self.iteration += 1
             progress.update(1)
-            final = self.iteration == self.total_iterations
-            if self.iteration % self.eval_every_iterations == 0 or final:
-                self._evaluate_progress(start, last, progress)
-            if self.iteration % self.checkpoint_every_iterations == 0 and not final:
+            if self.iteration % self.checkpoint_every_iterations == 0 and self.iteration < self.total_iterations:
                 self.save_checkpoint(updates_pending=True)
-            if self.iteration >= self.warmup_iterations:
-                for _ in range(updates_per_iteration):
-                    last = self.learner.update()
+            self._update_and_evaluate(start, progress)
         progress.close()
         self.save_checkpoint(updates_pending=False)
         self.collector.close()
