@@ -107,6 +107,33 @@ def test_train_on_a_lerobot_checkpoint_in_pusht(pusht_base, tmp_path, algorithm)
     collector.close()
 
 
+def test_train_a_lerobot_smolvla_from_pusht_pixels(tmp_path):
+    """SmolVLA (LeRobot's class, toy SmolVLM) on PushT's camera + agent position + the task text lerobot-eval adds;
+    its KV-cache contexts are not storable, so LP-DS runs with its latent critic and DSRL-NA is refused."""
+    from tiny_vla import save_pusht_smolvla_base
+
+    base = save_pusht_smolvla_base(tmp_path)
+    pixels = {**PUSHT_STATE, "obs_type": "pixels_agent_pos", "episode_length": 24}
+    recipe = recipe_from_dict(native_recipe(tmp_path, str(base), env=pixels, base={"adapter_kwargs": {}},
+                                            algorithm={"name": "lpds", "critic": "latent"},
+                                            train={"total_env_steps": 192, "warmup_env_steps": 64}))
+    trainer = SteeringTrainer(recipe)
+    trainer.run()
+    assert trainer.updates > 0 and (tmp_path / "run" / "head" / "head.safetensors").is_file()
+
+    raw, _ = trainer.collector.envs.reset(seed=[3, 4])
+    batch = trainer.base.observations(raw, trainer.collector.tasks())
+    assert batch["observation.image"].shape == (2, 3, 96, 96) and "observation.language.tokens" in batch
+    context = trainer.adapter.encode(batch)
+    noise = trainer.layout.to_noise(trainer.algo.act(context.features, deterministic=True))
+    theirs = trainer.adapter.policy.predict_action_chunk(batch, noise=noise)
+    torch.testing.assert_close(trainer.adapter.predict_action_chunk(context, noise), theirs, rtol=0, atol=1e-5)
+    trainer.collector.close()
+
+    with pytest.raises(ValueError, match="too large to store.*dsrl_sac, or lpds with algorithm.critic: latent"):
+        SteeringTrainer(recipe_from_dict({**recipe.to_dict(), "algorithm": {"name": "dsrl_na"}}))
+
+
 def test_cli_trains_from_a_hub_repo_id_at_a_revision_offline(pusht_base, tmp_path, monkeypatch, capsys):
     from huggingface_hub import constants
 

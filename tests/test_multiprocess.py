@@ -23,6 +23,20 @@ def _launch(args, env=None):
 def test_two_process_training_keeps_heads_identical(tiny_recipe, tmp_path):
     cfg = tiny_recipe(algorithm={"name": "lpds"}, train={"total_env_steps": 320})
     ensure_base(recipe_from_dict(cfg), show_progress=False)  # build once, before the processes race for it
+    assert_two_processes_end_with_identical_heads(cfg, tmp_path)
+
+
+def test_two_processes_steering_a_lerobot_checkpoint_in_pusht_keep_heads_identical(tmp_path):
+    """The LeRobot path under DDP (gloo on CPU): a checkpoint saved by LeRobot, LeRobot's PushT env and processing."""
+    from test_lerobot_native import native_recipe
+    from tiny_common import save_pusht_diffusion_base
+
+    base = save_pusht_diffusion_base(tmp_path / "pusht_base")
+    assert_two_processes_end_with_identical_heads(native_recipe(tmp_path, str(base), train={"total_env_steps": 320}),
+                                                  tmp_path)
+
+
+def assert_two_processes_end_with_identical_heads(cfg: dict, tmp_path: Path) -> None:
     (tmp_path / "r.json").write_text(json.dumps(cfg))
     proc = _launch([str(SCRIPT), str(tmp_path / "r.json")])
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -24,8 +24,8 @@ from lerobot.policies.smolvla.processor_smolvla import make_smolvla_pre_post_pro
 from lerobot.utils.constants import OBS_STATE
 from safetensors.torch import load_file, save_file
 
-from tiny_common import save_pusht_diffusion_base, save_with_processors
-from tiny_vla import tiny_smolvla_batch, tiny_smolvla_policy, write_tiny_smolvlm
+from tiny_common import save_pusht_diffusion_base
+from tiny_vla import save_pusht_smolvla_base, tiny_smolvla_batch, tiny_smolvla_policy, write_tiny_smolvlm
 from vla_steer.adapters.base import LatentLayout
 from vla_steer.config import HeadConfig
 from vla_steer.lerobot_policy import HeadFormatError, SteeredConfig, SteeredPolicy
@@ -364,27 +364,9 @@ def steered_pusht_diffusion(root: Path) -> Path:
 
 
 def steered_pusht_smolvla(root: Path, image_key: str = "observation.image") -> Path:
-    """LeRobot's real SmolVLA on the toy SmolVLM (random weights) for PushT's ``pixels_agent_pos`` observations: a
-    96 px image, the agent position and the empty task text lerobot-eval adds for envs without instructions."""
-    from lerobot.configs.types import FeatureType, PolicyFeature
-    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
-
-    config = SmolVLAConfig(
-        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (2,)),
-                        image_key: PolicyFeature(FeatureType.VISUAL, (3, 96, 96))},
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
-        vlm_model_name=str(write_tiny_smolvlm(root / "pusht_vlm")), load_vlm_weights=False, num_vlm_layers=2,
-        num_expert_layers=-1, self_attn_every_n_layers=2, resize_imgs_with_padding=(32, 32), chunk_size=8,
-        n_action_steps=8, max_state_dim=8, max_action_dim=8, num_steps=3, tokenizer_max_length=8,
-        pad_language_to="max_length",  # no instruction in PushT: keep a (padded) language segment anyway
-        device="cpu",
-    )
-    torch.manual_seed(0)
-    span = {"mean": torch.full((2,), 256.0), "std": torch.full((2,), 100.0)}  # PushT pixel coordinates
-    stats = {"observation.state": span, "action": span}
-    base_dir = save_with_processors(SmolVLAPolicy(config), *make_smolvla_pre_post_processors(config, dataset_stats=stats),
-                                    root / "smolvla_base")
-    return save_constant_delta_steered(base_dir, root, "smolvla", 0.3)
+    """LeRobot's real SmolVLA on the toy SmolVLM for PushT's pixels (``save_pusht_smolvla_base``), steered with a
+    constant Delta."""
+    return save_constant_delta_steered(save_pusht_smolvla_base(root, image_key), root, "smolvla", 0.3)
 
 
 def test_steered_diffusion_history_matches_lerobot(tmp_path):

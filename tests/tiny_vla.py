@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from tiny_common import DEFAULT_TASKS  # noqa: F401  (tests import it from here)
-from tiny_common import CAMERA_SHAPE, TASK_WORDS, language_tokens, random_batch, robot_features
+from tiny_common import CAMERA_SHAPE, TASK_WORDS, language_tokens, random_batch, robot_features, save_with_processors
 
 from vla_steer.policies import tiny_vlm
 from vla_steer.policies.tiny_vlm import IMAGE_SPECIAL_TOKENS  # noqa: F401  (tests import it from here)
@@ -94,3 +94,29 @@ def tiny_smolvla_batch(policy, batch_size: int, seed: int, tasks: list[str] | No
     Tasks default to ``DEFAULT_TASKS`` in turn, which have different lengths, so the language padding mask matters.
     """
     return random_batch(policy, batch_size, seed, tasks, partial(tokenize_tasks, policy))
+
+
+def save_pusht_smolvla_base(root: Path, image_key: str = "observation.image") -> Path:
+    """LeRobot's real SmolVLA on the toy SmolVLM (random weights) for PushT's ``pixels_agent_pos`` observations: a
+    96 px image, the agent position and the empty task text lerobot-eval adds for envs without instructions. Saved
+    with its processors under ``root / "smolvla_base"``, as lerobot-train saves a checkpoint."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+    from lerobot.policies.smolvla.processor_smolvla import make_smolvla_pre_post_processors
+
+    config = SmolVLAConfig(
+        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (2,)),
+                        image_key: PolicyFeature(FeatureType.VISUAL, (3, 96, 96))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
+        vlm_model_name=str(write_tiny_smolvlm(root / "pusht_vlm")), load_vlm_weights=False, num_vlm_layers=2,
+        num_expert_layers=-1, self_attn_every_n_layers=2, resize_imgs_with_padding=(32, 32), chunk_size=8,
+        n_action_steps=8, max_state_dim=8, max_action_dim=8, num_steps=3, tokenizer_max_length=8,
+        pad_language_to="max_length",  # no instruction in PushT: keep a (padded) language segment anyway
+        device="cpu",
+    )
+    torch.manual_seed(0)
+    span = {"mean": torch.full((2,), 256.0), "std": torch.full((2,), 100.0)}  # PushT pixel coordinates
+    stats = {"observation.state": span, "action": span}
+    return save_with_processors(SmolVLAPolicy(config), *make_smolvla_pre_post_processors(config, dataset_stats=stats),
+                                root / "smolvla_base")

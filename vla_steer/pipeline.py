@@ -188,23 +188,23 @@ def load_lerobot_policy(directory: Path, device, rename_map: dict | None = None)
                                 "lerobot-train (its checkpoints/<step>/pretrained_model directory), which carries them")
     for name in PROCESSOR_CONFIG_NAMES:
         check_processor_config(directory / name)
+    device = torch.device(device)
+    device = "cpu" if device.type == "cpu" else str(device)  # DDP on CPU gives cpu:0, which safetensors refuses
     config = PreTrainedConfig.from_pretrained(directory)
-    config.device = str(device)
+    config.device = device
     policy = get_policy_class(config.type).from_pretrained(directory, config=config)
     policy.to(device)
     preprocessor, postprocessor = make_pre_post_processors(
         config, pretrained_path=str(directory),
-        preprocessor_overrides={"device_processor": {"device": str(device)},
+        preprocessor_overrides={"device_processor": {"device": device},
                                 "rename_observations_processor": {"rename_map": dict(rename_map or {})}})
     return policy, preprocessor, postprocessor
 
 
 def build_base(recipe: Recipe, accelerator: Accelerator | None = None, show_progress: bool = True) -> SteeringBase:
     """The recipe's base (a LeRobot checkpoint, a built-in directory, or one behaviour-cloned here) with its adapter
-    and processing, checked against the env: an env that cannot give the base its inputs fails here, before any
-    rollout, naming the missing keys."""
-    from vla_steer.adapters.lerobot import adapter_for_lerobot_policy
-
+    and processing. (The trainer's collector then checks, before any rollout, that the env gives the base its
+    inputs.)"""
     accelerator = accelerator or Accelerator(cpu=True)
     device, b, e = accelerator.device, recipe.base, recipe.env
     if b.path and not Path(b.path).expanduser().is_dir() and not is_hub_repo_id(b.path):
@@ -223,6 +223,16 @@ def build_base(recipe: Recipe, accelerator: Accelerator | None = None, show_prog
                             b.revision, directory)
 
     policy, preprocessor, postprocessor = load_lerobot_policy(directory, device, b.rename_map)
+    return lerobot_steering_base(recipe, policy, preprocessor, postprocessor, source=source, directory=directory)
+
+
+def lerobot_steering_base(recipe: Recipe, policy, preprocessor, postprocessor, *, source: str | None = None,
+                          directory: Path | None = None) -> SteeringBase:
+    """A loaded LeRobot policy and its processors as a :class:`SteeringBase` for ``recipe``'s env: the adapter (with
+    ``base.adapter_kwargs``), LeRobot's env processors for a LeRobot env, the observation history of the policy."""
+    from vla_steer.adapters.lerobot import adapter_for_lerobot_policy
+
+    b, e = recipe.base, recipe.env
     try:
         adapter = adapter_for_lerobot_policy(policy, **b.adapter_kwargs)
     except TypeError as exc:
@@ -235,7 +245,7 @@ def build_base(recipe: Recipe, accelerator: Accelerator | None = None, show_prog
 
         env_config = lerobot_env_config(e.type, e.options)
         env_preprocessor, env_postprocessor = make_env_pre_post_processors(env_config, policy.config)
-    observations = ObservationPipeline(device, lerobot_env=e.type is not None, preprocessor=preprocessor,
+    observations = ObservationPipeline(adapter.device, lerobot_env=e.type is not None, preprocessor=preprocessor,
                                        env_preprocessor=env_preprocessor, n_obs_steps=adapter.n_obs_steps)
     return SteeringBase(adapter, observations, ActionPipeline(postprocessor, env_postprocessor), source, b.revision,
                         directory, policy.config, env_config)
