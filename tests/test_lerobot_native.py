@@ -285,3 +285,28 @@ def test_offline_warm_start_lowers_the_critics_loss_on_held_out_transitions(tmp_
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert log[0]["event"] == "offline_pretrain" and "offline/critic_loss" in log[0]
     assert trainer.learner.offline is not None and len(trainer.buffer) > 0
+
+
+def test_from_a_lerobot_checkpoint_to_lerobot_eval(pusht_base, tmp_path, capsys):
+    """The whole user story on PushT: vla-steer train (base.path) -> vla-steer push --dry-run --output-dir (a steered
+    LeRobot policy directory) -> lerobot-eval --policy.path=<that directory> in the same env."""
+    import subprocess
+    import sys
+
+    cfg = native_recipe(tmp_path, str(pusht_base), train={"total_env_steps": 160})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli(["train", str(tmp_path / "r.yaml")]) in (None, 0)
+    export = tmp_path / "export"
+    assert cli(["push", str(tmp_path / "run"), "--repo-id", "me/pusht-lpds", "--dry-run", "--output-dir", str(export)]) in (None, 0)
+    config = json.loads((export / "config.json").read_text())
+    assert config["type"] == "steered" and config["base_path"] == str(pusht_base.resolve())
+    assert config["adapter_kwargs"] == {"num_inference_steps": 4}  # the head sees the base as it was trained to
+    capsys.readouterr()
+
+    command = [str(Path(sys.executable).parent / "lerobot-eval"), f"--policy.path={export}", "--env.type=pusht",
+               "--env.obs_type=environment_state_agent_pos", "--env.episode_length=40", "--eval.n_episodes=2",
+               "--eval.batch_size=2", "--policy.device=cpu", f"--output_dir={tmp_path / 'eval'}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())
+    assert info["overall"]["n_episodes"] == 2

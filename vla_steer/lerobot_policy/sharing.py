@@ -105,14 +105,19 @@ def export_run(run_dir: str | Path, save_directory: str | Path, *, base: Any = N
     if datasets:
         head.training_record.setdefault("training", {})["datasets"] = list(datasets)
     family = head.raw_config.get("adapter")
+    recipe = recipe_from_dict(json.loads((run_dir / "recipe.json").read_text()))
     if base is None:
-        if family not in (None, "native"):
+        if family not in (None, "native") and not recipe.base.path:
             raise ValueError(f"this run steered a {family!r} base, which its recipe does not name: pass base= "
                              "(its path or Hub repo id)")
         from vla_steer.pipeline import ensure_base
 
-        recipe = recipe_from_dict(json.loads((run_dir / "recipe.json").read_text()))
         base = recipe.base.path or ensure_base(recipe, show_progress=False)
+        revision = revision if revision is not None else recipe.base.revision
+        if Path(str(base)).expanduser().is_dir():  # record where it is, whatever directory loads the export
+            base = Path(base).expanduser().resolve()
+    if adapter_kwargs is None and recipe.base.path:
+        adapter_kwargs = dict(recipe.base.adapter_kwargs)  # how the head was trained to see the base
     if library_for_family(family) != "lerobot":
         return head.save_pretrained(save_directory, base=base, base_model_name_or_path=base_model_name_or_path,
                                     revision=revision, adapter_kwargs=adapter_kwargs, model_card=model_card,
