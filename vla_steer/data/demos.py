@@ -102,7 +102,8 @@ def generate_lerobot_env_demonstrations(
     from vla_steer.envs.lerobot_metaworld import MetaWorldLeRobotEnv
 
     spec = dict(env_type=env_config.type, env=asdict(env_config) | {"features": None}, num_episodes=num_episodes,
-                action_noise=action_noise, seed=seed, only_successful=only_successful)
+                action_noise=action_noise, seed=seed, only_successful=only_successful,
+                env_seeding="per_reset")  # start states follow each reset's seed (they did not before this key)
     root = Path(cache_dir) / f"{env_config.type}_{env_config.task}-{demo_cache_key(spec)}"
     env = MetaWorldLeRobotEnv(**env_config.gym_kwargs, seed=seed)
     features = {}

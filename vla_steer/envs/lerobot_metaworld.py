@@ -43,13 +43,10 @@ class MetaWorldLeRobotEnv(gym.Env):
                  terminate_on_success: bool = True, render_mode: str = "rgb_array", seed: int | None = None):
         if obs_type not in OBS_TYPES:
             raise ValueError(f"obs_type={obs_type!r}: use one of {', '.join(OBS_TYPES)}")
-        # Rendering is always set up: lerobot-eval records videos of its first episodes through render().
-        self._env = make_env(METAWORLD_PREFIX + task, seed=seed, max_episode_steps=episode_length,
-                             reward_mode=reward_mode, reward_scale=reward_scale,
-                             terminate_on_success=terminate_on_success, observation="pixels_state",
-                             image_size=image_size, state="full")
-        self._pixels: PixelsAndState = self._env  # the outermost wrapper renders
         self.task, self.obs_type, self.render_mode = task, obs_type, render_mode
+        self._env_kwargs = dict(max_episode_steps=episode_length, reward_mode=reward_mode, reward_scale=reward_scale,
+                                terminate_on_success=terminate_on_success, image_size=image_size)
+        self._env = self._make(seed)
         self.task_description = task_description(METAWORLD_PREFIX + task)
         self._max_episode_steps = episode_length  # lerobot-eval reads it
         spaces = {
@@ -61,6 +58,15 @@ class MetaWorldLeRobotEnv(gym.Env):
                       "pixels": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)}
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = self._env.action_space
+
+    def _make(self, seed: int | None) -> PixelsAndState:
+        # Rendering is always set up: lerobot-eval records videos of its first episodes through render().
+        return make_env(METAWORLD_PREFIX + self.task, seed=seed, observation="pixels_state", state="full",
+                        **self._env_kwargs)
+
+    @property
+    def _pixels(self) -> PixelsAndState:  # the outermost wrapper renders
+        return self._env
 
     @property
     def flat_observation(self) -> np.ndarray:
@@ -79,6 +85,11 @@ class MetaWorldLeRobotEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        if seed is not None:
+            # Meta-World samples goal and object positions from the seed its env is *made* with (reset's seed does
+            # not reach that sampler), so a seeded reset starts a freshly seeded env: same seed, same start states.
+            self._env.close()
+            self._env = self._make(seed)
         observation, info = self._env.reset(seed=seed, options=options)
         return self._observation(observation), info
 
