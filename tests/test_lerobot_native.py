@@ -310,3 +310,21 @@ def test_from_a_lerobot_checkpoint_to_lerobot_eval(pusht_base, tmp_path, capsys)
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())
     assert info["overall"]["n_episodes"] == 2
+
+
+def test_evaluation_in_a_lerobot_env_repeats_exactly(tmp_path):
+    """Same evaluation seeds, same start states: two evaluations of the base agree to the last digit (Meta-World
+    seeds its start states when its env is made, which a seeded reset of vla_steer_meta_world now does)."""
+    from vla_steer.adapters.base import LatentLayout
+    from vla_steer.pipeline import build_base
+    from vla_steer.training.evaluator import Evaluator
+
+    base_dir = save_fast_metaworld_diffusion_base(tmp_path / "mw_base")
+    env = {"type": "vla_steer_meta_world", "task": "push-v3", "episode_length": 16, "num_envs": 2}
+    recipe = recipe_from_dict(native_recipe(tmp_path, str(base_dir), env=env, train={"eval_episodes": 4}))
+    base = build_base(recipe)
+    evaluator = Evaluator(recipe, base, LatentLayout("full", base.adapter.noise_shape), seed=123)
+    first, second = evaluator.evaluate("base"), evaluator.evaluate("base")
+    assert first == second
+    other = Evaluator(recipe, base, LatentLayout("full", base.adapter.noise_shape), seed=456).evaluate("base")
+    assert other["return_mean"] != first["return_mean"], "other seeds, other start states"
