@@ -296,6 +296,14 @@ def test_from_a_lerobot_checkpoint_to_lerobot_eval(pusht_base, tmp_path, capsys)
     cfg = native_recipe(tmp_path, str(pusht_base), train={"total_env_steps": 160})
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
     assert cli(["train", str(tmp_path / "r.yaml")]) in (None, 0)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    capsys.readouterr()
+    # vla-steer eval rebuilds base + head only and scores exactly what training reported: the saved head was evaluated
+    assert cli(["eval", str(tmp_path / "run")]) in (None, 0)
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{"):])  # LeRobot prints "Loading weights ..." first
+    assert report["base"] == results["base"]
+    assert report["steered"] == {key: results["final"][key] for key in report["steered"]}
     export = tmp_path / "export"
     assert cli(["push", str(tmp_path / "run"), "--repo-id", "me/pusht-lpds", "--dry-run", "--output-dir", str(export)]) in (None, 0)
     config = json.loads((export / "config.json").read_text())

@@ -352,3 +352,104 @@ def test_sizes_enforce_lerobot_constraints():
         PiSizes(vlm=GemmaConfig(64, 2, 128, 4, 1, 16), expert=GemmaConfig(32, 2, 64, 4, 1, 16), **base)
     with pytest.raises(ValueError, match="head_dim"):
         PiSizes(vlm=GemmaConfig(64, 2, 128, 8, 1, 16), expert=GemmaConfig(32, 2, 64, 8, 1, 8), **base)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# End to end: a saved tiny pi0 / pi0.5 checkpoint steered in LeRobot's PushT (pixels), as tests/test_lerobot_native.py
+# does for DiffusionPolicy and tests/test_lerobot_native_vla.py for X-VLA.
+#
+# Why the tiny subclass is loaded directly, not through ``base.path``: LeRobot's loader (``get_policy_class("pi0")
+# .from_pretrained``) builds the architecture from config.json, and ``PI0Config`` / ``PI05Config`` only know the
+# ``gemma_300m`` / ``gemma_2b`` variants: a tiny checkpoint would come back as the 3.5B model. So the checkpoint is
+# written by LeRobot's ``save_pretrained`` with its processors, reloaded by the ``Sized*`` class's ``from_pretrained``
+# (LeRobot's own, inherited), its processors by LeRobot's ``make_pre_post_processors(pretrained_path=...)``, and
+# handed to the trainer through ``lerobot_steering_base``. ``base.path`` on a pi0 checkpoint is exercised only at full
+# size, not in CI.
+
+PUSHT_PIXELS = {"type": "pusht", "obs_type": "pixels_agent_pos", "episode_length": 39,  # whole chunks of 3
+                "num_envs": 2}
+PUSHT_CHUNK, PUSHT_STEPS = 5, 3
+
+
+def _span(low: float, high: float, dim: int = 2) -> dict[str, torch.Tensor]:
+    """Stats of PushT's [0, 512] pixel coordinates for both MEAN_STD (pi0) and QUANTILES (pi0.5) normalisation."""
+    return {"mean": torch.full((dim,), (low + high) / 2), "std": torch.full((dim,), (high - low) / 4),
+            "q01": torch.full((dim,), low), "q99": torch.full((dim,), high)}
+
+
+PUSHT_STATS = {"observation.state": _span(0.0, 512.0), "action": _span(0.0, 512.0)}
+
+
+def pusht_pi_policy(family: str):
+    """A tiny pi0 / pi0.5 reading PushT's 96 px ``observation.image`` and 2-d ``observation.state``, acting in 2-d."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    config_cls = PI0Config if family == "pi0" else PI05Config
+    config = config_cls(
+        input_features={"observation.image": PolicyFeature(FeatureType.VISUAL, (3, 96, 96)),
+                        "observation.state": PolicyFeature(FeatureType.STATE, (2,))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
+        image_resolution=(TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), device="cpu",
+        tokenizer_max_length=48,  # pi0.5's prompt: "Task: , State: <32 bins>;\nAction: " is 40 tokens
+        chunk_size=PUSHT_CHUNK, n_action_steps=PUSHT_STEPS, num_inference_steps=STEPS)
+    torch.manual_seed(0)
+    return make_pi_policy(family, config=config)
+
+
+@pytest.mark.parametrize("family", ["pi0", "pi05"])
+def test_train_on_a_saved_pi_checkpoint_in_pusht(family, tmp_path):
+    """Save (LeRobot's save_pretrained + processors), reload offline, ~200 env steps of LP-DS (latent critic: pi0
+    contexts are KV caches, not storable) in PushT from pixels, then the head's decode on the processed observation
+    equals LeRobot's own ``predict_action_chunk(noise=...)`` for the noise the head picks."""
+    from lerobot.policies.factory import make_pre_post_processors
+
+    from test_lerobot_native import native_recipe
+    from tiny_pi0 import SizedPI0Policy, SizedPI05Policy, save_tiny_pi_base
+    from vla_steer.config import recipe_from_dict
+    from vla_steer.pipeline import lerobot_steering_base
+    from vla_steer.training import SteeringTrainer
+
+    original = pusht_pi_policy(family)
+    directory = save_tiny_pi_base(original, tmp_path / "base" / "pretrained_model",
+                                  tokenizer_dir=tmp_path / "tokenizer", dataset_stats=PUSHT_STATS)
+    # LeRobot's from_pretrained prints a missing embed_tokens key (safetensors saved it once, as the tied lm_head)
+    # and carries on: compare every tensor instead of trusting its report
+    policy = (SizedPI0Policy if family == "pi0" else SizedPI05Policy).from_pretrained(directory)
+    saved, loaded = original.state_dict(), policy.state_dict()
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    preprocessor, postprocessor = make_pre_post_processors(
+        policy.config, pretrained_path=str(directory), preprocessor_overrides={"device_processor": {"device": "cpu"}})
+
+    recipe = recipe_from_dict(native_recipe(
+        tmp_path, str(directory), env=PUSHT_PIXELS, algorithm={"name": "lpds", "critic": "latent"},
+        train={"total_env_steps": 200, "warmup_env_steps": 60, "eval_every": 200, "checkpoint_every": 200}))
+    base = lerobot_steering_base(recipe, policy, preprocessor, postprocessor, source=str(directory),
+                                 directory=directory)
+    trainer = SteeringTrainer(recipe, base=base)
+    results = trainer.run()
+    assert trainer.env_steps >= 200 and trainer.updates > 0
+    assert results["base_policy"]["source"] == str(directory) and results["task"] == "pusht/PushT-v0"
+    assert (tmp_path / "run" / "head" / "head.safetensors").is_file()
+
+    adapter, collector = trainer.adapter, trainer.collector
+    assert adapter.family == family and adapter.noise_shape == (PUSHT_CHUNK, MAX_ACTION_DIM)
+    raw, _ = collector.envs.reset(seed=[7, 8])
+    tasks = collector.tasks()
+    assert tasks == ["", ""]
+    batch = trainer.base.observations(raw, tasks)
+    assert batch["observation.image"].shape == (2, 3, 96, 96) and batch["observation.image"].std() > 0
+    assert batch["observation.language.tokens"].shape == (2, 48)
+    context = adapter.encode(batch)
+    noise = trainer.layout.to_noise(trainer.algo.act(context.features, deterministic=True))
+    assert noise.shape == (2, PUSHT_CHUNK, MAX_ACTION_DIM)  # the padded action dims are part of the latent
+    ours = adapter.decode_chunk(context, noise)
+    theirs = policy.predict_action_chunk(dict(batch), noise=noise)
+    assert ours.shape == theirs.shape == (2, PUSHT_CHUNK, 2)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(adapter.decode(context, noise), theirs[:, :PUSHT_STEPS], rtol=0, atol=1e-5)
+    # the env gets LeRobot's unnormalised actions (MEAN_STD for pi0, QUANTILES to [-1, 1] for pi0.5)
+    stats = PUSHT_STATS["action"]
+    expected = (theirs * stats["std"] + stats["mean"] if family == "pi0"
+                else (theirs + 1) / 2 * (stats["q99"] - stats["q01"]) + stats["q01"])
+    torch.testing.assert_close(trainer.base.actions(ours), expected, rtol=0, atol=1e-3)
+    collector.close()

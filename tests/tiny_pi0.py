@@ -21,6 +21,7 @@ Needs the openpi-patched transformers (``scripts/make_pi_env.sh``); importing th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from lerobot.configs.types import FeatureType, PolicyFeature
@@ -31,7 +32,7 @@ from lerobot.policies.pi0.modeling_pi0 import (
 from lerobot.policies.pi05.configuration_pi05 import PI05Config
 from lerobot.policies.pi05.modeling_pi05 import PI05Policy, PI05Pytorch
 from lerobot.policies.pretrained import PreTrainedPolicy
-from tiny_common import word_level_tokenizer
+from tiny_common import save_with_processors, word_level_tokenizer
 from torch import nn
 
 
@@ -261,10 +262,14 @@ def tiny_tokenizer():
     return word_level_tokenizer(words, pre_tokenizer="Whitespace", pad_token="<pad>")  # splits off ":" "," ";"
 
 
-def make_pi_processors(config: PI0Config | PI05Config, dataset_stats: dict, tokenizer=None):
+def make_pi_processors(config: PI0Config | PI05Config, dataset_stats: dict, tokenizer=None,
+                       tokenizer_name: str | None = None):
     """The pre/post-processor pipelines of ``make_pi0_pre_post_processors`` / ``make_pi05_pre_post_processors``,
     same steps in the same order, but with a tokenizer object: the factories load
-    ``google/paligemma-3b-pt-224`` from the Hub, which is gated and unreachable here."""
+    ``google/paligemma-3b-pt-224`` from the Hub, which is gated and unreachable here.
+
+    ``tokenizer_name`` (a directory a tokenizer was saved to) instead of an object: the saved preprocessor then
+    names it and reloads offline (a step given a tokenizer object saves no name, so it cannot be rebuilt)."""
     from lerobot.policies.pi0.processor_pi0 import Pi0NewLineProcessor
     from lerobot.policies.pi05.processor_pi05 import Pi05PrepareStateTokenizerProcessorStep
     from lerobot.processor import (
@@ -273,8 +278,10 @@ def make_pi_processors(config: PI0Config | PI05Config, dataset_stats: dict, toke
     )
     from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
 
-    tokenize = TokenizerProcessorStep(tokenizer=tokenizer or tiny_tokenizer(), max_length=config.tokenizer_max_length,
-                                      padding_side="right", padding="max_length")
+    source = ({"tokenizer_name": tokenizer_name} if tokenizer_name is not None
+              else {"tokenizer": tokenizer or tiny_tokenizer()})
+    tokenize = TokenizerProcessorStep(**source, max_length=config.tokenizer_max_length, padding_side="right",
+                                      padding="max_length")
     normalize = NormalizerProcessorStep(features={**config.input_features, **config.output_features},
                                         norm_map=config.normalization_mapping, stats=dataset_stats)
     device = DeviceProcessorStep(device=config.device)
@@ -293,3 +300,18 @@ def make_pi_processors(config: PI0Config | PI05Config, dataset_stats: dict, toke
         name="policy_postprocessor", to_transition=policy_action_to_transition, to_output=transition_to_policy_action,
     )
     return preprocessor, postprocessor
+
+
+def save_tiny_pi_base(policy: PI0Policy | PI05Policy, directory: Path, *, tokenizer_dir: Path,
+                      dataset_stats: dict) -> Path:
+    """``policy`` saved as ``lerobot-train`` saves a checkpoint: LeRobot's ``save_pretrained`` (config.json,
+    model.safetensors) and both processor pipelines (:func:`make_pi_processors`), the tokenizer step naming
+    ``tokenizer_dir``, where :func:`tiny_tokenizer` is saved, so everything reloads offline.
+
+    LeRobot's own loader cannot rebuild a tiny policy from that config.json (``PI0Config`` knows only the
+    ``gemma_300m`` / ``gemma_2b`` variants and would build the 3.5B model): reload it with the ``Sized*`` class's
+    ``from_pretrained`` (LeRobot's, inherited).
+    """
+    tiny_tokenizer().save_pretrained(tokenizer_dir)
+    processors = make_pi_processors(policy.config, dataset_stats, tokenizer_name=str(tokenizer_dir))
+    return save_with_processors(policy, *processors, Path(directory))

@@ -21,11 +21,13 @@ Typical use::
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 from tiny_common import DEFAULT_TASKS  # noqa: F401  (tests import it from here)
-from tiny_common import CAMERA_SHAPE, TASK_WORDS, language_tokens, random_batch, robot_features, word_level_tokenizer
+from tiny_common import (CAMERA_SHAPE, TASK_WORDS, language_tokens, random_batch, robot_features, save_with_processors,
+                         word_level_tokenizer)
 
 STATE_DIM, ACTION_DIM = 5, 4
 TEXT_HIDDEN = 32  # BART d_model == Florence-2 projection_dim
@@ -142,3 +144,22 @@ def tiny_xvla_batch(policy, batch_size: int, seed: int, tasks: list[str] | None 
     Tasks default to ``DEFAULT_TASKS`` in turn, which have different lengths, so the language padding matters.
     """
     return random_batch(policy, batch_size, seed, tasks, partial(tokenize_tasks, policy))
+
+
+def save_tiny_xvla_base(directory: Path, *, tokenizer_dir: Path, dataset_stats: dict | None = None, seed: int = 0,
+                        **config_kwargs: Any) -> Path:
+    """A tiny random X-VLA saved as ``lerobot-train`` saves a checkpoint: LeRobot's ``save_pretrained`` (config.json
+    with the Florence-2 sizes in ``florence_config``, model.safetensors) and both pipelines of LeRobot's own
+    ``make_xvla_pre_post_processors``.
+
+    The word-level tokenizer is saved to ``tokenizer_dir`` and the config's ``tokenizer_name`` names that directory,
+    so LeRobot's ``TokenizerProcessorStep`` builds (and, from the saved ``policy_preprocessor.json``, rebuilds) it
+    offline with ``AutoTokenizer.from_pretrained``; ``facebook/bart-large`` would need the Hub. ``config_kwargs`` go
+    to :func:`tiny_xvla_config`.
+    """
+    from lerobot.policies.xvla.processor_xvla import make_xvla_pre_post_processors
+
+    tiny_bart_tokenizer().save_pretrained(tokenizer_dir)
+    policy = tiny_xvla_policy(seed=seed, tokenizer_name=str(tokenizer_dir), **config_kwargs)
+    return save_with_processors(policy, *make_xvla_pre_post_processors(policy.config, dataset_stats=dataset_stats),
+                                directory)

@@ -223,6 +223,11 @@ class PixelsAndState(gym.ObservationWrapper):
         })
 
     def render_rgb(self) -> np.ndarray:
+        renderer = self.env.unwrapped.mujoco_renderer
+        if renderer.viewer is not None:
+            # Several envs share the process's GL state: another env's close (an evaluation's) releases the
+            # current context and later renders come back black unless this env's own context is made current.
+            renderer.viewer.make_context_current()
         image = self.env.render()
         if not self._flags_off:  # the scene exists only after the first render
             flags = self.env.unwrapped.mujoco_renderer._get_viewer("rgb_array").scn.flags
