@@ -18,11 +18,17 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def base_label(result: dict) -> str:
-    """The base policy type, plus the observation kind when it is not the flat state."""
+    """The base policy type (``LeRobot <type>`` for a LeRobot checkpoint), plus the observation kind when it is not
+    the flat state."""
     config = result.get("config", {})
-    base = config.get("base", {}).get("type", "diffusion")
+    family = result.get("base_policy", {}).get("family", "native")
+    base = config.get("base", {}).get("type", "diffusion") if family == "native" else f"LeRobot {family}"
     observation = config.get("env", {}).get("observation", "state")
     return base if observation == "state" else f"{base} ({observation})"
+
+
+def sample_std(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
 def main() -> None:
@@ -40,22 +46,23 @@ def main() -> None:
         be, se = get("base", "action_entropy"), get("final", "action_entropy")
         lift = 100 * (ss - bs)
         minutes = np.array([r["wall_time_s"] / 60 for r in runs])
-        fmt = lambda a, s=1.0, d=2: f"{(a * s).mean():.{d}f} ± {(a * s).std():.{d}f}"  # noqa: E731
+        fmt = lambda a, s=1.0, d=2: f"{(a * s).mean():.{d}f} ± {sample_std(a * s):.{d}f}"  # noqa: E731
         rows.append(f"| {task} | {base} | {method} | {len(runs)} | {int(np.mean([r['env_steps'] for r in runs]))} | {fmt(bs)} | {fmt(ss)} | "
                     f"{fmt(lift, d=0)} | {fmt(br, d=1)} | {fmt(sr, d=1)} | {fmt(be)} | {fmt(se)} | {minutes.max():.1f} |")
         summary.append({"task": task, "base": base, "method": method, "seeds": [r["seed"] for r in runs],
                         "base_success": bs.tolist(), "steered_success": ss.tolist(), "lift_points_mean": float(lift.mean()),
-                        "lift_points_std": float(lift.std()), "base_return": br.tolist(), "steered_return": sr.tolist(),
+                        "lift_points_std": sample_std(lift), "base_return": br.tolist(), "steered_return": sr.tolist(),
                         "base_entropy": be.tolist(), "steered_entropy": se.tolist(), "max_minutes": float(minutes.max())})
     for task, base in sorted({(task, base) for task, base, _ in groups}):
         by_method = {method: runs for (t, b, method), runs in groups.items() if (t, b) == (task, base)}
-        tag = "" if base == "diffusion" else f"_{base.split()[0]}"  # the built-in DDIM keeps its historic file name
+        tag = "" if base == "diffusion" else "_" + base.split(" (")[0].lower().replace(" ", "_")  # built-in DDIM: historic name
         plot = plot_seed_comparison(by_method, RESULTS / f"{task.replace('/', '_')}{tag}_methods.png",
                                     title=f"{task}, {base} base")
         print(f"plot: {plot}")
     table = "\n".join(rows)
     print(table)
-    (RESULTS / "summary.md").write_text(table + "\n\nmean ± std over seeds; success over 50 evaluation episodes per run.\n")
+    (RESULTS / "summary.md").write_text(table + "\n\nmean ± sample std (n - 1) over seeds; success over 50 evaluation "
+                                                 "episodes per run.\n")
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2))
 
 

@@ -134,7 +134,7 @@ def test_best_of_k_acts_on_the_proposal_the_shipped_critic_ranks_first(base_dir,
     w = torch.randn(2 * 4, NOISE_SHAPE[0] * NOISE_SHAPE[1], generator=torch.Generator().manual_seed(2))
     features = policy.adapter.encode(batch).features.float()
     chosen = policy.head.best_of_k(features, 4, eps=w)
-    expected = policy.adapter.decode(policy.adapter.encode(batch), policy.head.layout.to_noise(chosen))
+    expected = policy.adapter.predict_action_chunk(policy.adapter.encode(batch), policy.head.layout.to_noise(chosen))
     torch.testing.assert_close(policy.predict_action_chunk(dict(batch), noise=w), expected, rtol=0, atol=0)
     # the saved directory keeps the setting and the critic
     policy.save_pretrained(tmp_path / "saved")
