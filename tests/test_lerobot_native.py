@@ -229,6 +229,8 @@ def test_bad_bases_and_envs_are_refused_with_the_fix(pusht_base, tmp_path):
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(FileNotFoundError, match="lacks policy_preprocessor.json.*lerobot-train"):
         SteeringTrainer(recipe_from_dict(native_recipe(tmp_path, str(other))))
+    with pytest.raises(FileNotFoundError, match=r"has no config.json.*Did you mean .*pretrained_model"):
+        SteeringTrainer(recipe_from_dict(native_recipe(tmp_path, str(pusht_base.parent))))
     with pytest.raises(RecipeError, match="Did you mean 'obs_type'"):
         recipe_from_dict(native_recipe(tmp_path, str(pusht_base), env={"type": "pusht", "obs_typ": "x"}))
     with pytest.raises(RecipeError, match="needs a LeRobot base"):

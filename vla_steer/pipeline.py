@@ -178,6 +178,11 @@ def load_lerobot_policy(directory: Path, device, rename_map: dict | None = None)
     from vla_steer.adapters.lerobot import LEROBOT_ADAPTERS
     from vla_steer.hub.format import PROCESSOR_CONFIG_NAMES, check_processor_config
 
+    if not (directory / "config.json").is_file():
+        nested = sorted(str(p.parent) for p in directory.glob("**/pretrained_model/config.json"))
+        hint = f" Did you mean {nested[-1]}?" if nested else ""
+        raise FileNotFoundError(f"base.path {str(directory)!r} has no config.json: point it at a checkpoint's "
+                                f"pretrained_model directory (lerobot-train writes checkpoints/<step>/pretrained_model).{hint}")
     raw_type = json.loads((directory / "config.json").read_text()).get("type")
     if raw_type not in LEROBOT_ADAPTERS:
         raise ValueError(f"base.path {str(directory)!r} holds a LeRobot {raw_type!r} policy, which no adapter steers; "
