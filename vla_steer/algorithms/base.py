@@ -109,7 +109,7 @@ class SteeringAlgorithm(nn.Module):
         """Decode latents on stored states and return the executed rows, flattened: ``[B, k * A]``."""
         context = self.adapter.context_from_storage(features, decode_state)
         actions = self.adapter.decode(context, self.layout.to_noise(latent))
-        return actions[:, : self.adapter.n_action_steps].flatten(1)
+        return actions.flatten(1)
 
     def td_target(self, batch, next_q: torch.Tensor) -> torch.Tensor:
         """r + discount * (1 - terminated) * next_q. Time-limit truncation is *not* terminal: it bootstraps."""

@@ -183,7 +183,7 @@ class Collector:
     # -- acting --------------------------------------------------------------------------------------------
     def env_actions(self, context: Context, latent: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
         """``(normalised executed rows [B, k, A], env actions as numpy)`` for ``latent``."""
-        actions = self.adapter.decode(context, self.layout.to_noise(latent))[:, : self.adapter.n_action_steps]
+        actions = self.adapter.decode(context, self.layout.to_noise(latent))
         return actions, self.base.actions(actions).detach().cpu().numpy()
 
     def step(self, choose_latent: Callable[[torch.Tensor], torch.Tensor], discount_gamma: float,

@@ -46,21 +46,20 @@ class Evaluator:
         return algo.act(features, deterministic=deterministic).float()
 
     def _act(self, collector: Collector, context, mode: str, algo, deterministic: bool):
-        """``(normalised executed rows, env actions, latent norm)`` for one batch of contexts."""
+        """``(env actions, norm of the noise)`` for one batch of contexts."""
         t = self.recipe.train
         if mode == "base":
             noise = self.adapter.sample_prior_noise(context.batch_size)
-            actions = self.adapter.decode(context, noise)[:, : self.adapter.n_action_steps]
-            return actions, collector.base.actions(actions).cpu().numpy(), noise.flatten(1).norm(dim=-1)
-        if mode == "policy" and t.eval_best_of_k > 1:
+            actions = self.adapter.decode(context, noise)
+        elif mode == "policy" and t.eval_best_of_k > 1:
             latent, actions = best_of_k(algo, self.adapter, self.layout, context, t.eval_best_of_k, deterministic)
+            noise = self.layout.to_noise(latent)
             if actions is None:
-                actions = self.adapter.decode(context, self.layout.to_noise(latent))
-            actions = actions[:, : self.adapter.n_action_steps]
-            return actions, collector.base.actions(actions).cpu().numpy(), self.layout.to_noise(latent).flatten(1).norm(dim=-1)
-        latent = self._latent(algo, context.features, mode, deterministic)
-        actions, env_actions = collector.env_actions(context, latent)
-        return actions, env_actions, self.layout.to_noise(latent).flatten(1).norm(dim=-1)
+                actions = self.adapter.decode(context, noise)
+        else:
+            noise = self.layout.to_noise(self._latent(algo, context.features, mode, deterministic))
+            actions = self.adapter.decode(context, noise)
+        return collector.base.actions(actions).cpu().numpy(), noise.flatten(1).norm(dim=-1)
 
     def _evaluate(self, mode: str, algo) -> dict:
         t = self.recipe.train
@@ -75,7 +74,7 @@ class Evaluator:
             context = collector.encode(obs)
             if len(entropy_contexts) * n_envs < t.entropy_states:
                 entropy_contexts.append(context)
-            _, env_actions, norm = self._act(collector, context, mode, algo, t.eval_deterministic)
+            env_actions, norm = self._act(collector, context, mode, algo, t.eval_deterministic)
             latent_norms.append(norm)
             if mode == "policy" and hasattr(algo, "delta_net"):
                 delta_norms.append(algo.delta_net(context.features).norm(dim=-1))
@@ -101,7 +100,7 @@ class Evaluator:
         for context in contexts:
             repeated = self.adapter.repeat_context(context, t.entropy_draws)
             # stochastic draws even when evaluation acts deterministically; best-of-K: the entropy of what it executes
-            actions = torch.as_tensor(self._act(collector, repeated, mode, algo, deterministic=False)[1])
+            actions = torch.as_tensor(self._act(collector, repeated, mode, algo, deterministic=False)[0])
             samples = actions.flatten(1).reshape(context.batch_size, t.entropy_draws, -1).float()[:remaining]
             per_state.append(kozachenko_leonenko_entropy(samples, k=3))
             remaining -= samples.shape[0]
