@@ -3,6 +3,7 @@
 Examples::
 
     vla-steer train recipes/quickstart.yaml
+    vla-steer train recipes/lerobot_diffusion_push_lpds.yaml base.path=outputs/train/x/checkpoints/last/pretrained_model
     vla-steer train recipes/metaworld_push_dsrl_sac.yaml train.seed=1 train.output_dir=runs/sac1
     accelerate launch --cpu --num_processes 2 -m vla_steer train recipes/quickstart.yaml
     vla-steer eval runs/quickstart --episodes 100
@@ -270,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, fn, help_text in (("demos", cmd_demos, "generate (or find cached) demonstrations as a LeRobotDataset"),
                                 ("bc", cmd_bc, "train (or find cached) the behaviour-cloned base policy"),
-                                ("train", cmd_train, "demos + BC base + steering with RL, then evaluation and plot")):
+                                ("train", cmd_train, "steer a base with RL (base.path: a LeRobot checkpoint, or demos + a BC "
+                                 "base built here), then evaluation, plot and head")):
         p = sub.add_parser(name, help=help_text)
         _add_recipe_args(p)
         p.set_defaults(func=fn)
