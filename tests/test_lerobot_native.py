@@ -258,6 +258,15 @@ def test_fast_metaworld_env_type_with_recorded_rollouts(tmp_path):
     rewards = torch.stack([dataset[i]["next.reward"] for i in range(dataset.num_frames)]).reshape(-1)
     assert np.isclose(rewards.sum().item(), returns.sum(), atol=1e-3)
 
+    # a resumed run goes on recording into the same dataset; a fresh run records afresh and keeps the old one aside
+    longer = recipe_from_dict({**recipe.to_dict(), "train": {**recipe.to_dict()["train"], "total_env_steps": 240}})
+    SteeringTrainer(longer).run()
+    assert LeRobotDataset("local/rollouts", root=tmp_path / "run" / "rollouts").num_episodes > dataset.num_episodes
+    fresh = recipe_from_dict({**recipe.to_dict(), "train": {**recipe.to_dict()["train"], "resume": False}})
+    SteeringTrainer(fresh).run()
+    assert len(list((tmp_path / "run").glob("rollouts.before-*"))) == 1
+    assert LeRobotDataset("local/rollouts", root=tmp_path / "run" / "rollouts").num_episodes == dataset.num_episodes
+
 
 def test_offline_warm_start_lowers_the_critics_loss_on_held_out_transitions(tmp_path):
     """DSRL-NA's action critic pre-trained on a LeRobotDataset with rewards: its TD loss on transitions of other

@@ -135,8 +135,9 @@ class Collector:
         layout: latent -> noise.
         seed: seed of env 0 (env i gets ``seed + i``); reset seeds also depend on the iteration (see :meth:`reset`).
         device: where observations are processed.
-        record_to: record every executed step there as a LeRobotDataset (appending to an earlier recording of the same
-            run), through :class:`vla_steer.data.recording.RolloutRecorder`, flushed per finished episode.
+        record_to: record every executed step there as a LeRobotDataset through
+            :class:`vla_steer.data.recording.RolloutRecorder`, flushed per finished episode (an existing recording there
+            is appended to: a resumed run goes on recording where it stopped).
     """
 
     def __init__(self, recipe: Recipe, base, layout: LatentLayout, seed: int, record_to=None):

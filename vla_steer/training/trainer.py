@@ -254,6 +254,11 @@ class SteeringTrainer:
             (self.output_dir / "recipe.json").write_text(json.dumps(self.recipe.to_dict(), indent=2))
             if t.log_with and not resumed:
                 acc.init_trackers(self.recipe.name, config={k: str(v) for k, v in self.recipe.to_dict().items()})
+        recording = self.collector.record_to
+        if recording is not None and not resumed and recording.exists():  # a fresh run records afresh, keeping the old
+            kept = recording.with_name(f"{recording.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
+            recording.rename(kept)
+            self._print(f"an earlier recording in {recording} was moved to {kept}")
         self.collector.reset(self.iteration)  # checks the env gives the base its inputs, before any evaluation
         if self.recipe.offline.dataset:
             self.load_offline_data()
