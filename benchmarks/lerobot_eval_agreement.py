@@ -5,10 +5,16 @@ two-proportion z-test). The base checkpoint is evaluated the same way once.
 
     python benchmarks/lerobot_eval_agreement.py runs/bench/lerobot_diffusion_push_*/seed*
 
-Writes ``benchmarks/results/lerobot_eval_agreement.json``. Start states differ after the first batch of envs:
-``lerobot-eval`` reseeds every batch (seed + batch index * batch size) while the trainer's evaluation envs run on
-from their first seeds, so the two draw different episodes from the same distribution; agreement means within the
-binomial noise, not equality.
+Two trainer-side numbers per run:
+* ``trainer``: the run's own final evaluation (``train.eval_num_envs`` envs, several episodes each: after its first
+  episode an env autoresets without a seed);
+* ``trainer_matched``: ``vla-steer eval <run> train.eval_num_envs=<episodes>``, one episode per env seeded
+  ``eval_seed + i``: exactly the start states ``lerobot-eval`` uses (it seeds every episode of a batch:
+  ``seed + batch index * batch size + i``), so only the noise draws differ.
+
+On Meta-World the two protocols need not agree: an env's first episode after a seeded reset and its later,
+autoreset episodes were measured to give different success rates for the same policy. Compare ``lerobot_eval``
+with ``trainer_matched``. Writes ``benchmarks/results/lerobot_eval_agreement.json``.
 """
 
 from __future__ import annotations
@@ -59,14 +65,19 @@ def lerobot_eval(policy_path: Path, recipe: dict, output_dir: Path, batch_size: 
     return {"success": round(overall["pc_success"] * n / 100), "episodes": n, "return_mean": overall["avg_sum_reward"]}
 
 
-def compare(trainer: dict, lerobot: dict) -> dict:
-    n_t, k_t = trainer["episodes"], round(trainer["success_rate"] * trainer["episodes"])
+def rate(metrics: dict) -> dict:
+    n, k = metrics["episodes"], round(metrics["success_rate"] * metrics["episodes"])
+    return {"success_rate": k / n, "successes": k, "episodes": n, "wilson95": wilson(k, n),
+            "return_mean": metrics["return_mean"]}
+
+
+def compare(trainer: dict, matched: dict, lerobot: dict) -> dict:
     n_l, k_l = lerobot["episodes"], lerobot["success"]
-    return {"trainer": {"success_rate": k_t / n_t, "successes": k_t, "episodes": n_t, "wilson95": wilson(k_t, n_t),
-                        "return_mean": trainer["return_mean"]},
-            "lerobot_eval": {"success_rate": k_l / n_l, "successes": k_l, "episodes": n_l, "wilson95": wilson(k_l, n_l),
-                             "return_mean": lerobot["return_mean"]},
-            "p_value_two_proportion": two_proportion_p(k_t, n_t, k_l, n_l)}
+    lerobot_side = {"success_rate": k_l / n_l, "successes": k_l, "episodes": n_l, "wilson95": wilson(k_l, n_l),
+                    "return_mean": lerobot["return_mean"]}
+    matched = rate(matched)
+    return {"trainer": rate(trainer), "trainer_matched": matched, "lerobot_eval": lerobot_side,
+            "p_value_matched_vs_lerobot_eval": two_proportion_p(matched["successes"], matched["episodes"], k_l, n_l)}
 
 
 def main() -> None:
@@ -85,13 +96,18 @@ def main() -> None:
         if cli(["push", str(run), "--repo-id", f"local/{run.parent.name}-{run.name}", "--dry-run",
                 "--output-dir", str(export)]) not in (None, 0):
             raise SystemExit(f"export of {run} failed")
+        matched_file = run / "eval_matched.json"
+        if cli(["eval", str(run), f"train.eval_num_envs={recipe['train']['eval_episodes']}",
+                "--output", str(matched_file)]) not in (None, 0):
+            raise SystemExit(f"vla-steer eval of {run} failed")
+        matched = json.loads(matched_file.read_text())
         steered = lerobot_eval(export, recipe, run / "lerobot_eval", args.batch_size)
         report["runs"][str(run)] = {"method": results["method"], "seed": results["seed"],
-                                    **compare(results["final"], steered)}
+                                    **compare(results["final"], matched["steered"], steered)}
         base_path = Path(recipe["base"]["path"]).resolve()
         if str(base_path) not in bases:
-            bases[str(base_path)] = compare(results["base"], lerobot_eval(base_path, recipe, run / "lerobot_eval_base",
-                                                                            args.batch_size))
+            bases[str(base_path)] = compare(results["base"], matched["base"],
+                                            lerobot_eval(base_path, recipe, run / "lerobot_eval_base", args.batch_size))
         print(json.dumps({str(run): report["runs"][str(run)]}, indent=1), flush=True)
     report["bases"] = bases
     RESULTS.mkdir(parents=True, exist_ok=True)

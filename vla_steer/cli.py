@@ -81,7 +81,11 @@ def cmd_eval(args) -> None:
         raise FileNotFoundError(f"{run_dir} is not a training run (no recipe.json); pass the train.output_dir of a run")
     overrides = [f"train.eval_episodes={args.episodes}"] if args.episodes else []
     overrides += [f"train.eval_best_of_k={args.best_of_k}"] if args.best_of_k else []
-    recipe = recipe_from_dict(json.loads(recipe_file.read_text()), overrides + [f"train.output_dir={run_dir}"])
+    unsupported = [item for item in args.overrides if not item.startswith("train.")]
+    if unsupported:
+        raise RecipeError(f"vla-steer eval takes evaluation settings (train.*) only, not {unsupported}")
+    recipe = recipe_from_dict(json.loads(recipe_file.read_text()),
+                              overrides + list(args.overrides) + [f"train.output_dir={run_dir}"])
     checkpoint = run_dir / "checkpoints" / "last"
     if not (checkpoint / "trainer_state.json").is_file():
         raise FileNotFoundError(f"no checkpoint in {checkpoint}")
@@ -93,6 +97,8 @@ def cmd_eval(args) -> None:
     evaluator = Evaluator(recipe, base, layout, seed=recipe.train.eval_seed)
     report = {"base": evaluator.evaluate("base"), "steered": evaluator.evaluate("policy", algo)}
     print(json.dumps(report, indent=2))
+    if args.output:
+        args.output.write_text(json.dumps(report, indent=2))
 
 
 def _cuda() -> bool:
@@ -281,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=None, help="episodes per evaluation (default: the recipe's)")
     p.add_argument("--best-of-k", type=int, default=None, metavar="K",
                    help="critic-guided selection: the critic picks the best of K head proposals per observation")
+    p.add_argument("--output", type=Path, default=None, help="also write the report (JSON) to this file")
+    p.add_argument("overrides", nargs="*", metavar="train.field=value",
+                   help="evaluation settings, e.g. train.eval_num_envs=50 train.eval_seed=3000000")
     p.set_defaults(func=cmd_eval)
     _add_hub_parsers(sub)
     p = sub.add_parser("serve", help="LeRobot's async inference policy server, able to serve steered policies",
