@@ -27,7 +27,7 @@ def run_provenance(trainer) -> dict:
                  "fingerprint": base_fingerprint(trainer.adapter)},
         "evaluation_seeds": [t.eval_seed + i for i in range(min(t.eval_num_envs, t.eval_episodes))],
         "training_env_seed": trainer.env_seed,
-        "git_commit": git_commit(),
+        "git_commit": trainer.git_commit,  # read when the run started: the code the process runs
         "versions": versions(),
         "hardware": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                      "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

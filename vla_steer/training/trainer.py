@@ -49,7 +49,10 @@ class SteeringTrainer:
     def __init__(self, recipe: Recipe, base=None, accelerator: Accelerator | None = None):
         from vla_steer.pipeline import SteeringBase, build_base
 
+        from vla_steer.training.exporter import git_commit
+
         self.recipe = recipe
+        self.git_commit = git_commit()  # now, not when the run ends: the checkout may change meanwhile
         t = recipe.train
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
