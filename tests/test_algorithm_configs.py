@@ -58,11 +58,11 @@ def test_lpds_is_the_default():
     ({"name": "ppo"}, r"algorithm.name: 'ppo' is not allowed; expected one of 'lpds', 'dsrl_sac', 'dsrl_na'"),
     ({"name": ["lpds"]}, r"algorithm.name: \['lpds'\] is not allowed"),
     ({"name": "lpds", "critic": "both"}, r"algorithm.critic: 'both' is not allowed; expected one of 'action', 'latent'"),
-    ({"name": "lpds", "delta": 0.0}, r"algorithm.delta must be > 0"),
-    ({"name": "lpds", "gamma": 1.5}, r"algorithm.gamma must be in \(0, 1\]"),
-    ({"name": "dsrl_na", "distill_steps": 0}, r"algorithm.distill_steps must be >= 1"),
-    ({"name": "dsrl_sac", "init_temperature": 0.0}, r"algorithm.init_temperature must be > 0"),
-    ({"name": "dsrl_sac", "utd": 0}, r"algorithm.utd must be >= 1"),
+    ({"name": "lpds", "delta": 0.0}, r"algorithm.delta=0.0 must be > 0"),
+    ({"name": "lpds", "gamma": 1.5}, r"algorithm.gamma=1.5 must be > 0 and <= 1"),
+    ({"name": "dsrl_na", "distill_steps": 0}, r"algorithm.distill_steps=0 must be >= 1"),
+    ({"name": "dsrl_sac", "init_temperature": 0.0}, r"algorithm.init_temperature=0.0 must be > 0"),
+    ({"name": "dsrl_sac", "utd": 0}, r"algorithm.utd=0 must be >= 1"),
 ])
 def test_bad_algorithm_sections_name_the_fields_of_that_algorithm(section, message):
     with pytest.raises(RecipeError, match=message):

@@ -430,8 +430,10 @@ def test_wrong_tensor_shapes_are_refused(steered_dir, tmp_path):
          r"wrong shapes \[delta.net.3.weight: file \[16, 7\] vs head \[16, 16\]\]"),
         (dict(tensors=lambda t: t.update({"delta.extra": torch.zeros(3)})), r"unexpected \['delta.extra'\]"),
         (dict(tensors=lambda t: t.pop("delta.net.0.bias")), r"missing \['delta.net.0.bias'\]"),
-        # a config asking for a huge network is checked against the file without allocating it (meta device)
-        (dict(head_config=lambda c: c["head"].update(hidden_dim=10**7)), r"wrong shapes \[delta.net.0.weight: file"),
+        # a config asking for a huge network is refused by the field's declared range, before anything is built
+        (dict(head_config=lambda c: c["head"].update(hidden_dim=10**7)), r"head.hidden_dim=10000000 must be >= 1 and <= 65536"),
+        # within the range, a config that disagrees with the file is checked without allocating it (meta device)
+        (dict(head_config=lambda c: c["head"].update(hidden_dim=4096)), r"wrong shapes \[delta.net.0.weight: file"),
     ]
     for i, (edits, message) in enumerate(cases):
         with pytest.raises(HeadFormatError, match=message):

@@ -16,6 +16,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from vla_steer.fields import bounded, range_problems
+
 # The ``algorithm`` section: one dataclass per method (vla_steer/algorithms/configs.py, a light module: no torch),
 # picked by ``algorithm.name``. AlgorithmConfig is their common base; the method classes are re-exported here.
 from vla_steer.algorithms.configs import (ALGORITHM_CONFIGS, DEFAULT_ALGORITHM, LEGACY_FLAT_FIELDS,  # noqa: F401
@@ -37,16 +39,16 @@ class EnvConfig:
     id: Optional[str] = "metaworld/push-v3"
     type: Optional[str] = None
     options: dict = field(default_factory=dict)
-    num_envs: int = 4
+    num_envs: int = bounded(4, ge=1, le=1024)
     vectorization: Literal["sync", "async"] = "sync"  # async only pays off for slow envs (robosuite)
-    max_episode_steps: Optional[int] = None
+    max_episode_steps: Optional[int] = bounded(None, ge=1)
     reward_mode: Literal["env", "sparse", "dense_minus_one"] = "env"
-    reward_scale: float = 1.0  # dense_minus_one: reward / reward_scale - 1
+    reward_scale: float = bounded(1.0, gt=0)  # dense_minus_one: reward / reward_scale - 1
     terminate_on_success: bool = False
     kwargs: dict = field(default_factory=dict)
     # "pixels_state" (Meta-World): {"observation.image": rendered camera, "observation.state": ...}
     observation: Literal["state", "pixels_state"] = "state"
-    image_size: int = 64  # square render size for pixels_state
+    image_size: int = bounded(64, ge=8, le=1024)  # square render size for pixels_state
     camera: str = "corner2"
     state: Literal["full", "agent_pos"] = "full"  # pixels_state: whole flat obs, or hand xyz + gripper only
 
@@ -58,11 +60,11 @@ class EnvConfig:
 @dataclass
 class DemosConfig:
     dataset: Optional[str] = None  # an existing LeRobotDataset root; if set, nothing is generated
-    num_episodes: int = 10
-    action_noise: float = 0.3  # std of Gaussian noise on expert actions: a mediocre base on purpose
-    max_episode_steps: Optional[int] = None  # defaults to env.max_episode_steps
+    num_episodes: int = bounded(10, ge=1)
+    action_noise: float = bounded(0.3, ge=0)  # std of Gaussian noise on expert actions: a mediocre base on purpose
+    max_episode_steps: Optional[int] = bounded(None, ge=1)  # defaults to env.max_episode_steps
     only_successful: bool = False
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
 
 
 @dataclass
@@ -81,48 +83,48 @@ class BaseConfig:
     # local random-init SmolVLM (needs env.observation: pixels_state); hidden_dim / num_layers are the VLM's
     # width / depth, horizon the chunk size, num_inference_steps the Euler steps.
     type: Literal["diffusion", "flow", "smolvla"] = "diffusion"
-    horizon: int = 4
-    n_action_steps: int = 4
-    hidden_dim: int = 256
-    num_layers: int = 3
-    num_train_timesteps: int = 100
-    num_inference_steps: int = 10
-    bc_steps: int = 3000
-    bc_batch_size: int = 256
-    bc_lr: float = 3e-4
-    seed: int = 0
+    horizon: int = bounded(4, ge=1, le=4096)
+    n_action_steps: int = bounded(4, ge=1, le=4096)
+    hidden_dim: int = bounded(256, ge=1, le=65536)
+    num_layers: int = bounded(3, ge=1, le=64)
+    num_train_timesteps: int = bounded(100, ge=1, le=100_000)
+    num_inference_steps: int = bounded(10, ge=1, le=100_000)
+    bc_steps: int = bounded(3000, ge=1)
+    bc_batch_size: int = bounded(256, ge=1)
+    bc_lr: float = bounded(3e-4, gt=0, le=1)
+    seed: int = bounded(0, ge=0)
 
 
 @dataclass
 class HeadConfig:
     latent_layout: Literal["full", "tiled"] = "full"
-    bound: float = 1.5  # latents live in [-bound, bound] for every method
-    hidden_dim: int = 256
-    num_layers: int = 3
-    encoder_dim: Optional[int] = None  # bottleneck for large features (VLM embeddings); None = raw
-    num_critics: int = 2
+    bound: float = bounded(1.5, gt=0)  # latents live in [-bound, bound] for every method
+    hidden_dim: int = bounded(256, ge=1, le=65536)
+    num_layers: int = bounded(3, ge=1, le=64)
+    encoder_dim: Optional[int] = bounded(None, ge=1, le=65536)  # bottleneck for large features (VLM embeddings); None = raw
+    num_critics: int = bounded(2, ge=1, le=64)
 
 
 @dataclass
 class TrainConfig:
-    total_env_steps: int = 100_000
-    warmup_env_steps: int = 5_000  # prior-noise rollouts before the first update
-    buffer_size: int = 1_000_000
-    eval_every: int = 10_000
-    eval_episodes: int = 50
-    eval_num_envs: int = 10
+    total_env_steps: int = bounded(100_000, ge=1)
+    warmup_env_steps: int = bounded(5_000, ge=0)  # prior-noise rollouts before the first update
+    buffer_size: int = bounded(1_000_000, ge=1)
+    eval_every: int = bounded(10_000, ge=1)
+    eval_episodes: int = bounded(50, ge=1)
+    eval_num_envs: int = bounded(10, ge=1, le=1024)
     eval_deterministic: bool = False  # SAC: tanh(mean) latent; LP-DS: Delta(s) with eps = 0
-    eval_seed: int = 1_000_000  # env seed of the first evaluation env (env i: eval_seed + i); keep tuning seeds apart
-    eval_best_of_k: int = 1  # > 1: the critic picks the best of K head proposals per observation (one shared encode)
-    entropy_states: int = 32  # states for the k-NN action entropy at each evaluation
-    entropy_draws: int = 64
-    checkpoint_every: int = 10_000
-    seed: int = 0
+    eval_seed: int = bounded(1_000_000, ge=0)  # env seed of the first evaluation env (env i: eval_seed + i); keep tuning seeds apart
+    eval_best_of_k: int = bounded(1, ge=1, le=1024)  # > 1: the critic picks the best of K head proposals per observation (one shared encode)
+    entropy_states: int = bounded(32, ge=1)  # states for the k-NN action entropy at each evaluation
+    entropy_draws: int = bounded(64, ge=4)  # the k-NN estimator (k = 3) needs more than 3 draws
+    checkpoint_every: int = bounded(10_000, ge=1)
+    seed: int = bounded(0, ge=0)
     output_dir: str = "runs/default"
     resume: bool = True  # resume from output_dir/checkpoints/last if it exists
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast on GPU; fp16 would need loss scaling
     log_with: list = field(default_factory=list)  # accelerate trackers, e.g. ["tensorboard"] or ["wandb"]
-    torch_threads: Optional[int] = None
+    torch_threads: Optional[int] = bounded(None, ge=1, le=1024)
     cache_dir: str = "~/.cache/vla_steer"
     show_progress: bool = True
     record_rollouts: bool = False  # write every training episode to <output_dir>/rollouts as a LeRobotDataset
@@ -134,8 +136,8 @@ class OfflineConfig:
     ``next.reward`` and ``next.done`` (the recipe's demonstrations, or rollouts recorded with train.record_rollouts)."""
 
     dataset: Optional[str] = None  # "demos" (the recipe's demonstrations) or a LeRobotDataset root
-    fraction: float = 0.25  # share of every update batch drawn from the offline data once online data exists
-    pretrain_updates: int = 0  # critic-only updates on the offline data before the first rollout
+    fraction: float = bounded(0.25, ge=0, le=1)  # share of every update batch drawn from the offline data once online data exists
+    pretrain_updates: int = bounded(0, ge=0)  # critic-only updates on the offline data before the first rollout
 
 
 @dataclass
@@ -227,7 +229,11 @@ def _from_dict(cls, data: Any, where: str, kind: str | None = None):
             raise RecipeError(f"unknown field {path!r} for {kind}{owned}.{hint} Allowed fields for {kind}: "
                               f"{', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], path)
-    return cls(**kwargs)
+    config = cls(**kwargs)
+    problems = range_problems(config, where) if where else []
+    if problems:
+        raise RecipeError("; ".join(problems))
+    return config
 
 
 def _algorithm_from_dict(data: Any, where: str) -> AlgorithmConfig:
@@ -254,13 +260,34 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass: plain data only)
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     parsed = []
     for item in overrides:
         if "=" not in item:
             raise RecipeError(f"override {item!r} must look like section.field=value, e.g. train.seed=1")
         key, raw = item.split("=", 1)
-        parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+        try:
+            value = _yaml(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"override {item!r}: the value is not plain YAML data ({exc.problem or exc})") from None
+        parsed.append((key.strip(), value))
     return parsed
 
 
@@ -279,7 +306,9 @@ def _gather_lerobot_env_fields(data: dict) -> None:
 
 
 def recipe_from_dict(data: dict, overrides: list[str] | None = None) -> Recipe:
-    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe is a mapping of sections (env, base, algorithm, train ...), got {type(data).__name__}")
+    data = dict(data)
     for key, value in parse_overrides(overrides or []):
         _set_path(data, key, value)
     _gather_lerobot_env_fields(data)
@@ -294,9 +323,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"recipe {str(path)!r} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not UTF-8 text; a recipe is a YAML file") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        raise RecipeError(f"{path} is empty: a recipe names at least its env and what to train (see recipes/)")
     try:
         recipe = recipe_from_dict(data, overrides)
     except RecipeError as exc:
@@ -334,7 +367,6 @@ def validate_recipe(recipe: Recipe) -> None:
             raise RecipeError("env.options holds a LeRobot env config's fields: set env.type, or remove them")
     built_in_base = base.path is None
     checks = [
-        (env.num_envs >= 1, "env.num_envs must be >= 1"),
         (base.n_action_steps <= base.horizon, "base.n_action_steps must be <= base.horizon"),
         (not built_in_base or env.type is None,
          "env.type (a LeRobot env) needs a LeRobot base: set base.path to a LeRobot checkpoint"),
@@ -344,16 +376,8 @@ def validate_recipe(recipe: Recipe) -> None:
          f"env.observation '{env.observation}' gives image observations, which the built-in "
          f"'{base.type}' policy cannot read: use base.type: smolvla"),
         (base.revision is None or base.path is not None, "base.revision needs base.path (a Hub repo id)"),
-        (recipe.head.bound > 0, "head.bound must be > 0"),
-        (recipe.head.num_critics >= 1, "head.num_critics must be >= 1"),
-        *((False, problem) for problem in recipe.algorithm.problems()),  # each method checks its own fields
-        (recipe.train.total_env_steps > 0, "train.total_env_steps must be > 0"),
-        (recipe.train.eval_episodes >= 1, "train.eval_episodes must be >= 1"),
-        (recipe.train.eval_best_of_k >= 1, "train.eval_best_of_k must be >= 1 (1 = no critic-guided selection)"),
         (env.reward_mode != "sparse" or env.terminate_on_success,
          "env.reward_mode 'sparse' needs env.terminate_on_success: true (otherwise success keeps paying 0 forever)"),
-        (0.0 <= recipe.offline.fraction <= 1.0, "offline.fraction must be in [0, 1]"),
-        (recipe.offline.pretrain_updates >= 0, "offline.pretrain_updates must be >= 0"),
         (recipe.offline.dataset is None or recipe.algorithm.name == "dsrl_na"
          or (recipe.algorithm.name == "lpds" and recipe.algorithm.critic == "action"),
          "offline.dataset trains the action critic Q^A, which only dsrl_na and lpds with algorithm.critic: action "

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Union
 
+from vla_steer.fields import bounded, range_problems
+
 DEFAULT_ALGORITHM = "lpds"
 
 
@@ -21,22 +23,19 @@ class AlgorithmConfig:
     which gives ``name`` its own value."""
 
     name: str
-    gamma: float = 0.99  # discount per chunk transition ("chunk") or per env step ("env_step")
+    gamma: float = bounded(0.99, gt=0, le=1)  # discount per chunk transition ("chunk") or per env step ("env_step")
     discount_mode: Literal["chunk", "env_step"] = "chunk"
-    batch_size: int = 256
-    utd: int = 1  # gradient updates per chunk transition collected (per env)
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    tau: float = 0.005
+    batch_size: int = bounded(256, ge=1, le=1_000_000)
+    utd: int = bounded(1, ge=1, le=1000)  # gradient updates per chunk transition collected (per env)
+    actor_lr: float = bounded(3e-4, gt=0, le=1)
+    critic_lr: float = bounded(3e-4, gt=0, le=1)
+    tau: float = bounded(0.005, gt=0, le=1)  # target-network update rate
     backup: Literal["min", "mean"] = "min"  # how critic heads combine in the TD target
     actor_reduction: Literal["min", "mean"] = "mean"
 
     def problems(self) -> list[str]:
-        """What is wrong with these values (empty when nothing is); subclasses add their own checks."""
-        checks = [(0 < self.gamma <= 1, "algorithm.gamma must be in (0, 1]"),
-                  (self.utd >= 1, "algorithm.utd must be >= 1"),
-                  (self.batch_size >= 1, "algorithm.batch_size must be >= 1")]
-        return [message for ok, message in checks if not ok]
+        """What is wrong with these values (empty when nothing is): every field against its declared range."""
+        return range_problems(self, "algorithm")
 
 
 @dataclass
@@ -44,12 +43,9 @@ class SACTemperatureConfig(AlgorithmConfig):
     """SAC's entropy temperature (log-parameterised, tuned toward a target entropy): the DSRL methods' actor."""
 
     target_entropy: Union[float, Literal["auto"]] = 0.0  # DSRL's released configs use 0; "auto" = -latent_dim/2
-    init_temperature: float = 1.0
-    temperature_lr: float = 3e-4
+    init_temperature: float = bounded(1.0, gt=0)
+    temperature_lr: float = bounded(3e-4, gt=0, le=1)
     backup_entropy: bool = True  # the entropy bonus in the critic's TD target
-
-    def problems(self) -> list[str]:
-        return super().problems() + (["algorithm.init_temperature must be > 0"] if not self.init_temperature > 0 else [])
 
 
 @dataclass
@@ -64,10 +60,7 @@ class DSRLNAConfig(SACTemperatureConfig):
     """DSRL-NA: Q^A(s, a) by TD on executed actions, Q^W(s, z) distilled from it on prior noise."""
 
     name: Literal["dsrl_na"] = "dsrl_na"
-    distill_steps: int = 1  # Q^W distillation steps per update
-
-    def problems(self) -> list[str]:
-        return super().problems() + (["algorithm.distill_steps must be >= 1"] if self.distill_steps < 1 else [])
+    distill_steps: int = bounded(1, ge=1, le=100)  # Q^W distillation steps per update
 
 
 @dataclass
@@ -76,19 +69,12 @@ class LPDSConfig(AlgorithmConfig):
     Lagrange multiplier updated by projected dual ascent."""
 
     name: Literal["lpds"] = "lpds"
-    delta: float = 0.35  # trust region: E ||Delta(s)||^2 <= delta
-    dual_lr: float = 0.05  # step size of projected dual ascent on the multiplier
-    init_multiplier: float = 0.0
+    delta: float = bounded(0.35, gt=0)  # trust region: E ||Delta(s)||^2 <= delta
+    dual_lr: float = bounded(0.05, ge=0)  # step size of projected dual ascent on the multiplier
+    init_multiplier: float = bounded(0.0, ge=0)  # the multiplier is projected onto [0, inf)
     normalize_q: bool = True  # divide the actor's Q term by mean |Q| (scale-free multiplier)
     critic: Literal["action", "latent"] = "action"  # dual Q (Q^A + distilled Q^W) or latent TD Q^W
-    distill_steps: int = 1  # Q^W distillation steps per update (critic: action)
-
-    def problems(self) -> list[str]:
-        checks = [(self.delta > 0, "algorithm.delta must be > 0"),
-                  (self.dual_lr >= 0, "algorithm.dual_lr must be >= 0"),
-                  (self.init_multiplier >= 0, "algorithm.init_multiplier must be >= 0 (the multiplier is projected onto it)"),
-                  (self.distill_steps >= 1, "algorithm.distill_steps must be >= 1")]
-        return super().problems() + [message for ok, message in checks if not ok]
+    distill_steps: int = bounded(1, ge=1, le=100)  # Q^W distillation steps per update (critic: action)
 
 
 ALGORITHM_CONFIGS: dict[str, type[AlgorithmConfig]] = {}
