@@ -440,6 +440,29 @@ def test_wrong_tensor_shapes_are_refused(steered_dir, tmp_path):
             ActingHead.from_pretrained(broken_copy(steered_dir, tmp_path / f"case{i}", **edits))
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e30], ids=["nan", "inf", "1e30"])
+def test_heads_with_non_finite_or_absurd_weights_are_refused_at_load_and_save(steered_dir, tmp_path, value):
+    """Such a head would make every action NaN: refused by the loaders, `vla-steer info`, and the one writer."""
+    from vla_steer.hub import write_head
+
+    def poison(tensors):
+        tensors["delta.net.0.weight"][0, 0] = value
+
+    bad = broken_copy(steered_dir, tmp_path / "bad", tensors=poison)
+    message = r"NaN, inf or values beyond 1e\+06: \['delta.net.0.weight'\]"
+    with pytest.raises(HeadFormatError, match=message):
+        ActingHead.from_pretrained(bad)
+    with pytest.raises(HeadFormatError, match=message):
+        SteeredPolicy.from_pretrained(bad)
+    assert cli(["info", str(bad)]) != 0
+    head = ActingHead.from_pretrained(steered_dir)
+    state = {name: {k: v.clone() for k, v in module.state_dict().items()} for name, module in head.head_modules().items()}
+    state["delta"]["net.0.weight"][0, 0] = value
+    with pytest.raises(HeadFormatError, match=message):
+        write_head(tmp_path / "written", state, json.loads((steered_dir / "head_config.json").read_text()))
+    assert not (tmp_path / "written").exists(), "nothing half-written"
+
+
 def test_a_head_refuses_another_base_unless_overridden(steered_dir, root, tmp_path, monkeypatch, capsys):
     other_weights = save_pusht_diffusion_base(root / "base_seed1", seed=1)  # same architecture, other weights
     longer = save_pusht_diffusion_base(root / "base_horizon16", seed=0, horizon=16)  # other noise shape

@@ -60,6 +60,19 @@ def check_head_tensors(config: dict[str, Any], tensors: Mapping[str, torch.Tenso
     wrong = sorted(k for k, v in tensors.items() if SAFETENSORS_DTYPES.get(v.dtype) not in HEAD_DTYPES)
     if wrong:
         raise HeadFormatError(f"head tensors must be floating point ({', '.join(HEAD_DTYPES)}); not so: {wrong}")
+    check_finite_tensors(tensors)
+
+
+MAX_ABS_WEIGHT = 1e6  # far beyond any trained head's weights; larger ones overflow the activations to inf / NaN
+
+
+def check_finite_tensors(tensors: Mapping[str, torch.Tensor]) -> None:
+    """Refuse NaN / inf weights, and weights beyond ``MAX_ABS_WEIGHT``: a head holding them would act NaN."""
+    bad = sorted(k for k, v in tensors.items() if not (torch.isfinite(v).all() and v.abs().max() <= MAX_ABS_WEIGHT))
+    if bad:
+        raise HeadFormatError(f"head tensors hold NaN, inf or values beyond {MAX_ABS_WEIGHT:g}: {bad[:10]}"
+                              f"{' ...' if len(bad) > 10 else ''}; such a head would act NaN. Retrain, or export an "
+                              "earlier checkpoint")
 
 
 def copy_learning_curve(source: str | Path, directory: Path, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -133,4 +146,8 @@ def read_head(directory: str | Path, limits: Limits = DEFAULT_LIMITS) -> tuple[d
         tensors = load_file(str(directory / HEAD_WEIGHTS_NAME))
     except SafetensorError as exc:
         raise HeadFormatError(f"{HEAD_WEIGHTS_NAME} could not be read: {exc}") from None
+    try:
+        check_finite_tensors(tensors)
+    except HeadFormatError as exc:
+        raise HeadFormatError(f"{directory / HEAD_WEIGHTS_NAME}: {exc}") from None
     return config, tensors
