@@ -119,3 +119,21 @@ def test_nan_from_env_stops_training_with_clear_error(tiny_recipe, where):
     if len(trainer.buffer):
         for value in trainer.buffer.state_dict()["tensors"].values():
             assert torch.isfinite(value.float()).all(), "non-finite values reached the replay buffer"
+
+
+def test_resume_survives_a_crash_between_the_checkpoint_renames_and_never_silently_restarts(tiny_recipe, tmp_path, capsys):
+    import shutil
+
+    cfg = tiny_recipe(train={"total_env_steps": 160, "checkpoint_every": 40})
+    SteeringTrainer(recipe_from_dict(cfg)).run()
+    checkpoints = Path(cfg["train"]["output_dir"]) / "checkpoints"
+    # the atomic write renames last -> last.old, then last.tmp -> last: a crash between the two leaves no last
+    (checkpoints / "last").rename(checkpoints / "last.old")
+    resumed = SteeringTrainer(recipe_from_dict(cfg))
+    assert resumed.load_checkpoint() and resumed.iteration > 0 and len(resumed.buffer) > 0
+    assert "resuming from" in capsys.readouterr().err and "last.old" in resumed.checkpoint_to_resume().name
+    # an incomplete last with nothing to fall back on is an error naming the fix, not a restart from step 0
+    shutil.rmtree(checkpoints / "last.old")
+    (checkpoints / "last").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"incomplete.*train.resume=false"):
+        SteeringTrainer(recipe_from_dict(cfg)).run()

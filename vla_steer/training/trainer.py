@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -193,9 +194,30 @@ class SteeringTrainer:
             staging.rmdir()
         acc.wait_for_everyone()
 
+    def checkpoint_to_resume(self) -> Path | None:
+        """The newest complete checkpoint: ``last``, or, after a crash between the two renames of its atomic write,
+        ``last.tmp`` (fully written before any rename) or ``last.old`` (the one before). ``None`` when there is none;
+        an incomplete ``last`` with nothing to fall back on is an error, never a silent restart."""
+        last = self.checkpoint_dir
+        rank_files = [f"buffer_rank{r}.json" for r in range(self.accelerator.num_processes)]
+
+        def complete(directory: Path) -> bool:
+            return all((directory / name).is_file() for name in ("trainer_state.json", *rank_files))
+
+        for candidate in (last, last.with_name(last.name + ".tmp"), last.with_name(last.name + ".old")):
+            if complete(candidate):
+                if candidate != last and self.accelerator.is_main_process:
+                    print(f"{last} is missing or incomplete (a crash while it was written): resuming from {candidate}",
+                          file=sys.stderr)
+                return candidate
+        if last.exists():
+            raise FileNotFoundError(f"the checkpoint {last} is incomplete (no trainer_state.json or a buffer file) and no "
+                                    "earlier one survives: set train.resume=false to start over, or another output_dir")
+        return None
+
     def load_checkpoint(self) -> bool:
-        directory = self.checkpoint_dir
-        if not (directory / "trainer_state.json").is_file():
+        directory = self.checkpoint_to_resume()
+        if directory is None:
             return False
         rank = self.accelerator.process_index
         state = json.loads((directory / "trainer_state.json").read_text())
