@@ -22,7 +22,7 @@ from vla_steer.algorithms import build_algorithm
 from vla_steer.config import recipe_from_dict
 from vla_steer.pipeline import build_base
 from vla_steer.training.checkpoint import load_tree
-from vla_steer.training.collector import Collector, EpisodeTracker, step_info
+from vla_steer.training.collector import Collector
 
 
 def trainer_returns(recipe, run: Path, seed: int, n: int) -> list[float]:
@@ -32,16 +32,13 @@ def trainer_returns(recipe, run: Path, seed: int, n: int) -> list[float]:
     algo.load_state_dict(load_tree(run / "checkpoints" / "last", "algorithm"))
     collector = Collector(recipe, base, layout, seed=seed)
     obs, _ = collector.envs.reset(seed=[seed + i for i in range(n)])
-    tracker, finished = EpisodeTracker(n), np.zeros(n, bool)
-    returns = np.zeros(n)
+    returns, finished = np.zeros(n), np.zeros(n, bool)
     while not finished.all():
         context = collector.encode(obs)
         _, env_actions = collector.env_actions(context, algo.act(context.features, deterministic=True))
-        obs, reward, terminated, truncated, info = collector.envs.step(env_actions)
-        done = terminated | truncated
+        obs, reward, terminated, truncated, _ = collector.envs.step(env_actions)
         returns += reward * ~finished
-        tracker.update(reward, done, step_info(info, done, "chunk_steps").astype(int), np.zeros(n, bool), ~finished)
-        finished |= done
+        finished |= terminated | truncated
     collector.close()
     return returns.tolist()
 

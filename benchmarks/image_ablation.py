@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
+from vla_steer.adapters.base import LatentLayout
 from vla_steer.config import load_recipe
 from vla_steer.envs.registry import IMAGE_KEY
-from vla_steer.pipeline import build_adapter
-from vla_steer.training import SteeringTrainer
+from vla_steer.pipeline import build_base
+from vla_steer.training.evaluator import Evaluator
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -31,13 +32,15 @@ def main() -> None:
                                                         "train.output_dir=runs/image_ablation", "train.resume=false"])
     if recipe.env.observation != "pixels_state":
         parser.error(f"{args.recipe} has no image observations (env.observation: {recipe.env.observation})")
-    adapter = build_adapter(recipe, show_progress=False)
-    trainer = SteeringTrainer(recipe, adapter=adapter)
+    base = build_base(recipe, show_progress=False)
+    evaluator = Evaluator(recipe, base, LatentLayout(recipe.head.latent_layout, base.adapter.noise_shape),
+                          seed=recipe.train.eval_seed)
     results = {"recipe": recipe.name, "episodes": args.episodes}
-    seeing = adapter.preprocessor
+    seeing = base.observations.preprocessor  # the base's own preprocessor, which the camera image goes through
     for name, blank in (("image", False), ("blank_image", True)):
-        adapter.preprocessor = (lambda obs: seeing({**obs, IMAGE_KEY: torch.full_like(obs[IMAGE_KEY], 0.5)})) if blank else seeing
-        metrics = trainer.evaluate("base")
+        base.observations.preprocessor = (
+            (lambda batch: seeing({**batch, IMAGE_KEY: torch.full_like(batch[IMAGE_KEY], 0.5)})) if blank else seeing)
+        metrics = evaluator.evaluate("base")
         results[name] = {key: metrics[key] for key in ("success_rate", "return_mean", "return_std")}
         print(f"{name}: success {metrics['success_rate']:.2f}, return {metrics['return_mean']:.1f}", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ layout huggingface_hub writes (models--org--name/{blobs,snapshots/<commit>,refs/
 ``snapshot_download`` code path. The upload through ``HfApi.create_commit`` is in test_hub_push.py.
 """
 
-import hashlib
 import json
 import os
 import pickle
@@ -21,7 +20,7 @@ import torch
 from huggingface_hub import ModelCard, constants
 from safetensors.torch import load_file, save_file
 
-from tiny_common import save_pusht_diffusion_base
+from tiny_common import add_to_hf_cache, save_pusht_diffusion_base
 from vla_steer.adapters.base import LatentLayout
 from vla_steer.cli import main as cli
 from vla_steer.config import HeadConfig
@@ -77,23 +76,6 @@ def batches(n: int = 3, batch_size: int = 2, seed: int = 0):
 def chunks(policy: SteeredPolicy, inputs) -> list[torch.Tensor]:
     policy.reset()
     return [policy.predict_action_chunk(dict(batch), noise=noise) for batch, noise in inputs]
-
-
-def add_to_hf_cache(cache: Path, repo_id: str, commit: str, source: Path, ref: str | None = "main") -> Path:
-    """Put ``source``'s files into a Hugging Face cache as huggingface_hub lays it out: content-addressed blobs,
-    a snapshot directory of relative symlinks per commit, and refs/<branch> holding the commit hash."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for path in sorted(source.iterdir()):
-        blob = hashlib.sha256(path.read_bytes()).hexdigest()
-        shutil.copyfile(path, repo / "blobs" / blob)
-        (snapshot / path.name).symlink_to(Path("..", "..", "blobs", blob))
-    if ref:
-        (repo / "refs").mkdir(exist_ok=True)
-        (repo / "refs" / ref).write_text(commit)
-    return snapshot
 
 
 # -------------------------------------------------------------------------------------------------------------

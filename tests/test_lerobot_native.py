@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from tiny_common import save_pusht_diffusion_base, save_with_processors
+from tiny_common import add_to_hf_cache, save_pusht_diffusion_base, save_with_processors
 from vla_steer.cli import main as cli
 from vla_steer.config import RecipeError, recipe_from_dict
 from vla_steer.training import SteeringTrainer
@@ -136,8 +136,6 @@ def test_train_a_lerobot_smolvla_from_pusht_pixels(tmp_path):
 
 def test_cli_trains_from_a_hub_repo_id_at_a_revision_offline(pusht_base, tmp_path, monkeypatch, capsys):
     from huggingface_hub import constants
-
-    from test_hub import add_to_hf_cache
 
     cache = tmp_path / "hf_cache"
     commit = "a" * 40

@@ -5,6 +5,8 @@ must pass. Nothing here downloads anything."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -128,3 +130,20 @@ def assert_base_frozen_through_backward(adapter, observation, noise: torch.Tenso
     assert all(p.grad is None and not p.requires_grad for p in policy.parameters())
     after = policy.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def add_to_hf_cache(cache: Path, repo_id: str, commit: str, source: Path, ref: str | None = "main") -> Path:
+    """Put ``source``'s files into a Hugging Face cache as huggingface_hub lays it out: content-addressed blobs,
+    a snapshot directory of relative symlinks per commit, and refs/<branch> holding the commit hash."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for path in sorted(source.iterdir()):
+        blob = hashlib.sha256(path.read_bytes()).hexdigest()
+        shutil.copyfile(path, repo / "blobs" / blob)
+        (snapshot / path.name).symlink_to(Path("..", "..", "blobs", blob))
+    if ref:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return snapshot

@@ -254,7 +254,3 @@ def lerobot_steering_base(recipe: Recipe, policy, preprocessor, postprocessor, *
                                        env_preprocessor=env_preprocessor, n_obs_steps=adapter.n_obs_steps)
     return SteeringBase(adapter, observations, ActionPipeline(postprocessor, env_postprocessor), source, b.revision,
                         directory, policy.config, env_config)
-
-
-def build_adapter(recipe: Recipe, accelerator: Accelerator | None = None, show_progress: bool = True) -> SteerableAdapter:
-    return build_base(recipe, accelerator, show_progress).adapter

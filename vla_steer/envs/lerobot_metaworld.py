@@ -65,16 +65,12 @@ class MetaWorldLeRobotEnv(gym.Env):
                         **self._env_kwargs)
 
     @property
-    def _pixels(self) -> PixelsAndState:  # the outermost wrapper renders
-        return self._env
-
-    @property
     def flat_observation(self) -> np.ndarray:
         """Meta-World's flat observation, what the scripted experts act on."""
-        return self._pixels.flat_observation
+        return self._env.flat_observation
 
     def _observation(self, observation: dict) -> dict:
-        flat = np.asarray(self._pixels.flat_observation, dtype=np.float32)
+        flat = np.asarray(self._env.flat_observation, dtype=np.float32)
         out = {"agent_pos": flat[:AGENT_POS_DIM].copy()}
         if self.obs_type == "pixels_agent_pos":
             image = observation["observation.image"]
@@ -98,7 +94,7 @@ class MetaWorldLeRobotEnv(gym.Env):
         return self._observation(observation), reward, terminated, truncated, info
 
     def render(self) -> np.ndarray:
-        return self._pixels.render_rgb()
+        return self._env.render_rgb()  # the outermost wrapper (PixelsAndState) renders
 
     def close(self) -> None:
         self._env.close()

@@ -134,7 +134,6 @@ class Collector:
         base: the :class:`vla_steer.pipeline.SteeringBase` (adapter, observation and action pipelines).
         layout: latent -> noise.
         seed: seed of env 0 (env i gets ``seed + i``); reset seeds also depend on the iteration (see :meth:`reset`).
-        device: where observations are processed.
         record_to: record every executed step there as a LeRobotDataset through
             :class:`vla_steer.data.recording.RolloutRecorder`, flushed per finished episode (an existing recording there
             is appended to: a resumed run goes on recording where it stopped).

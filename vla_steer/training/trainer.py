@@ -30,9 +30,9 @@ from vla_steer.algorithms import SteeringAlgorithm, build_algorithm
 from vla_steer.config import Recipe
 from vla_steer.files import write_atomically
 from vla_steer.training import checkpoint as ckpt
-from vla_steer.training.collector import Collector, NonFiniteError  # noqa: F401  (NonFiniteError re-exported)
+from vla_steer.training.collector import Collector
 from vla_steer.training.evaluator import Evaluator
-from vla_steer.training.exporter import export_run
+from vla_steer.training.exporter import export_run, git_commit
 from vla_steer.training.learner import Learner
 
 
@@ -49,8 +49,6 @@ class SteeringTrainer:
 
     def __init__(self, recipe: Recipe, base=None, accelerator: Accelerator | None = None):
         from vla_steer.pipeline import SteeringBase, build_base
-
-        from vla_steer.training.exporter import git_commit
 
         self.recipe = recipe
         self.git_commit = git_commit()  # now, not when the run ends: the checkout may change meanwhile
