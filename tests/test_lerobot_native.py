@@ -288,7 +288,7 @@ def test_offline_warm_start_lowers_the_critics_loss_on_held_out_transitions(tmp_
     before = trainer.algo.action_critic_loss(held_out).item()
     trainer.learner.pretrain_critic(300)
     after = trainer.algo.action_critic_loss(held_out).item()
-    assert after < 0.5 * before, (before, after)
+    assert 0 <= after < 0.5 * before, (before, after)  # a squared TD error: never negative
 
     trainer.run()  # a fresh run: pretrains (logged), then mixes offline rows into every batch
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
