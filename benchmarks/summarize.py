@@ -31,6 +31,18 @@ def sample_std(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def t_interval(values: np.ndarray) -> list[float]:
+    """95% t-interval of the mean over runs (Student's t with n - 1 degrees of freedom; normal beyond 10)."""
+    n = len(values)
+    if n < 2:
+        return [float("nan"), float("nan")]
+    half = T_975.get(n - 1, 1.96) * sample_std(values) / np.sqrt(n)
+    return [float(values.mean() - half), float(values.mean() + half)]
+
+
 def main() -> None:
     groups = defaultdict(list)
     for path in sorted(RESULTS.glob("*_seed*.json")):
@@ -51,7 +63,9 @@ def main() -> None:
                     f"{fmt(lift, d=0)} | {fmt(br, d=1)} | {fmt(sr, d=1)} | {fmt(be)} | {fmt(se)} | {minutes.max():.1f} |")
         summary.append({"task": task, "base": base, "method": method, "seeds": [r["seed"] for r in runs],
                         "base_success": bs.tolist(), "steered_success": ss.tolist(), "lift_points_mean": float(lift.mean()),
-                        "lift_points_std": sample_std(lift), "base_return": br.tolist(), "steered_return": sr.tolist(),
+                        "lift_points_std": sample_std(lift),
+                        "lift_points_t95": t_interval(lift),
+                        "first_eval_success": [r["history"][0]["success_rate"] for r in runs if r.get("history")], "base_return": br.tolist(), "steered_return": sr.tolist(),
                         "base_entropy": be.tolist(), "steered_entropy": se.tolist(), "max_minutes": float(minutes.max())})
     for task, base in sorted({(task, base) for task, base, _ in groups}):
         by_method = {method: runs for (t, b, method), runs in groups.items() if (t, b) == (task, base)}
