@@ -133,12 +133,22 @@ def _head_source(path: Path) -> tuple[str, Path]:
                             "(no head_config.json)")
 
 
+def _json_object(text: str | None, what: str) -> dict | None:
+    """A command-line JSON object (strict JSON, as the head format reads it), or None when not given."""
+    from vla_steer.hub.format import parse_json
+
+    value = parse_json(text.encode(), what) if text else None
+    if value is not None and not isinstance(value, dict):
+        raise CommandError(f"{what} must be a JSON object, e.g. '{{\"pooling\": \"mean\"}}', got {text!r}")
+    return value
+
+
 @_hub_errors
 def cmd_push(args) -> None:
     import tempfile
 
-    from vla_steer.hub.api import prepare_upload, push_directory
-    from vla_steer.hub.format import HEAD_CONFIG_NAME, is_hub_repo_id
+    from vla_steer.hub.api import prepare_upload, push_directory, validate_directory
+    from vla_steer.hub.format import is_hub_repo_id
     from vla_steer.lerobot_policy import ActingHead, export_run
 
     kind, source = _head_source(Path(args.source))
@@ -149,8 +159,8 @@ def cmd_push(args) -> None:
                       card_kwargs=card_kwargs, allow_base_mismatch=args.allow_base_mismatch)
         if kind == "run":
             directory = export_run(source, directory, base=args.base, datasets=args.dataset,
-                                   adapter_kwargs=json.loads(args.adapter_kwargs) if args.adapter_kwargs else None, **export)
-        elif json.loads((source / HEAD_CONFIG_NAME).read_text()).get("format_version") is None:
+                                   adapter_kwargs=_json_object(args.adapter_kwargs, "--adapter-kwargs"), **export)
+        elif validate_directory(source).format_version == 0:  # checked before anything parses it
             if args.base is None:
                 raise CommandError(f"{source} is a training run's head/ (format 0), which does not name its base: push "
                                    "the run directory instead, or pass --base")
@@ -161,7 +171,7 @@ def cmd_push(args) -> None:
                                    "training runs")
             directory = source
         plan = prepare_upload(directory, repo_id=args.repo_id, commit_message=args.commit_message, card_kwargs=card_kwargs)
-        recorded_base = json.loads((Path(directory) / HEAD_CONFIG_NAME).read_text())["base_model_name_or_path"]
+        recorded_base = plan.config["base_model_name_or_path"]
         if not is_hub_repo_id(recorded_base):
             print(f"note: the base is recorded as the local path {recorded_base}; others cannot load it from there. "
                   "Publish the base and pass --base-model <repo id> (and --base-revision <commit>).")

@@ -339,8 +339,18 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return recipe
 
 
+def range_errors(recipe: Recipe) -> list[str]:
+    """Every field of every section outside its declared range (``vla_steer.fields.bounded``)."""
+    return [problem for f in dataclasses.fields(recipe) if dataclasses.is_dataclass(section := getattr(recipe, f.name))
+            for problem in range_problems(section, f.name)]
+
+
 def validate_recipe(recipe: Recipe) -> None:
-    """Cross-field checks, including that the env exists (cheap: no simulator is built)."""
+    """Every field against its declared range (a recipe built in code is judged as a parsed one), then cross-field
+    checks, including that the env exists (cheap: no simulator is built)."""
+    problems = range_errors(recipe)
+    if problems:
+        raise RecipeError("; ".join(problems))
     env, base = recipe.env, recipe.base
     if env.type is not None:
         from vla_steer.envs.lerobot_envs import lerobot_env_config

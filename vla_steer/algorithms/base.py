@@ -137,6 +137,8 @@ class SteeringAlgorithm(nn.Module):
         return {name: opt.state_dict() for name, opt in self.optimizers.items()}
 
     def load_optimizer_state_dicts(self, states: dict) -> None:
+        if set(states) != set(self.optimizers):  # a missing one would silently restart from a fresh state
+            raise KeyError(f"optimizer states for {sorted(states)}, this algorithm has {sorted(self.optimizers)}")
         for name, state in states.items():
             self.optimizers[name].load_state_dict(state)
 

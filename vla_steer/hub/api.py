@@ -283,6 +283,7 @@ class UploadPlan:
     commit_message: str
     commit_description: str
     skipped: list[str]
+    config: dict  # the checked head_config.json
 
     @property
     def files(self) -> list[str]:
@@ -340,7 +341,7 @@ def prepare_upload(directory: str | Path, *, repo_id: str | None = None, commit_
     operations.sort(key=lambda op: op.path_in_repo)
     message = commit_message or f"Upload {config['algorithm']} steering head for {config['base_model_name_or_path']}"
     description = "\n".join(["Files: " + ", ".join(op.path_in_repo for op in operations), "", *describe(config)])
-    return UploadPlan(repo_id, operations, message, description, checked.other_files)
+    return UploadPlan(repo_id, operations, message, description, checked.other_files, config)
 
 
 def push_directory(directory: str | Path, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,

@@ -87,20 +87,42 @@ def _no_constants(name: str) -> Any:
     raise HeadFormatError(f"non-standard JSON constant {name} (NaN / Infinity are not JSON)")
 
 
+MAX_JSON_DEPTH = 32  # the format's files nest 4 deep, LeRobot's configs and processor files under 10
+
+
+def _nesting_depth(tree: Any) -> int:
+    """How deeply ``tree`` nests lists and objects, counted without recursion (a hostile file cannot exhaust the
+    stack here, nor in any recursive walk that runs after this check)."""
+    depth, level = 0, [tree]
+    while level:
+        containers = [node for node in level if isinstance(node, (dict, list))]
+        if not containers:
+            break
+        depth += 1
+        level = [child for node in containers for child in (node.values() if isinstance(node, dict) else node)]
+    return depth
+
+
 def parse_json(data: bytes, what: str) -> Any:
-    """Strict JSON: UTF-8, no duplicate keys, no NaN / Infinity, bounded nesting."""
+    """Strict JSON: UTF-8, no duplicate keys, no NaN / Infinity, nesting at most ``MAX_JSON_DEPTH`` deep."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise HeadFormatError(f"{what} is not UTF-8 text, so not a JSON file") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        tree = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
     except HeadFormatError as exc:
         raise HeadFormatError(f"{what}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise HeadFormatError(f"{what} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise HeadFormatError(f"{what} nests too deeply") from None
+    except RecursionError:  # deeper than Python's parser goes: certainly deeper than the limit
+        tree, too_deep = None, True
+    else:
+        too_deep = _nesting_depth(tree) > MAX_JSON_DEPTH
+    if too_deep:
+        raise HeadFormatError(f"{what} nests lists / objects more than {MAX_JSON_DEPTH} deep; no file of the format "
+                              "does: it is not a head's file")
+    return tree
 
 
 def _check_size(path: Path, what: str, max_bytes: int, limit_note: str = "") -> int:

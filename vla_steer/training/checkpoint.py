@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -90,3 +90,47 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
+
+
+# -------------------------------------------------------------------------------------------------------------
+# resuming
+# Recipe fields a resumed run may change: how long it runs, how it is evaluated, logged and checkpointed, where
+# files go. Every other field changes the data collected or the networks trained, so a checkpoint refuses it.
+RESUMABLE_FIELDS = frozenset({
+    "name", "train.total_env_steps", "train.eval_every", "train.eval_episodes", "train.eval_num_envs",
+    "train.eval_deterministic", "train.eval_seed", "train.eval_best_of_k", "train.entropy_states",
+    "train.entropy_draws", "train.checkpoint_every", "train.output_dir", "train.resume", "train.log_with",
+    "train.torch_threads", "train.cache_dir", "train.show_progress", "train.record_rollouts",
+})
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree and not prefix.endswith(("options", "kwargs", "rename_map", "adapter_kwargs")):
+        return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}.{key}" if prefix else key).items()}
+    return {prefix: tree}
+
+
+def recipe_changes(saved: dict, current: dict) -> list[str]:
+    """``field: saved -> current`` for each field that differs between a checkpoint's recipe and the resuming one,
+    outside :data:`RESUMABLE_FIELDS` (fields the checkpoint does not record, newer than it, are not compared)."""
+    before, after = _flatten(saved), _flatten(current)
+    return [f"{key}: {before[key]!r} -> {after.get(key)!r}" for key in sorted(before)
+            if key not in RESUMABLE_FIELDS and key in after and before[key] != after[key]]
+
+
+T = TypeVar("T")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be read back (truncated, garbage, written for other networks)."""
+
+
+def load_part(directory: Path, files: str, load: Callable[[], T]) -> T:
+    """``load()``, with any failure turned into a :class:`CheckpointError` naming the checkpoint's ``files``."""
+    try:
+        return load()
+    except Exception as exc:  # safetensors, JSON, torch's load_state_dict and KeyError all fail differently
+        raise CheckpointError(
+            f"cannot resume from {directory}: {files} does not load ({type(exc).__name__}: {str(exc)[:300]}). The "
+            "checkpoint is damaged or was written by another version; restore it, or start over with "
+            "train.resume=false or another train.output_dir") from exc

@@ -17,7 +17,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 from vla_steer.adapters.base import LatentLayout
 from vla_steer.algorithms import SteeringAlgorithm, build_algorithm
-from vla_steer.config import Recipe
+from vla_steer.config import Recipe, validate_recipe
 from vla_steer.files import write_atomically
 from vla_steer.training import checkpoint as ckpt
 from vla_steer.training.collector import Collector
@@ -50,6 +49,7 @@ class SteeringTrainer:
     def __init__(self, recipe: Recipe, base=None, accelerator: Accelerator | None = None):
         from vla_steer.pipeline import SteeringBase, build_base
 
+        validate_recipe(recipe)  # a recipe built in code is checked as a loaded one is: before any work
         self.recipe = recipe
         self.git_commit = git_commit()  # now, not when the run ends: the checkout may change meanwhile
         t = recipe.train
@@ -58,6 +58,10 @@ class SteeringTrainer:
         self.output_dir = Path(t.output_dir)
         self.accelerator = accelerator or make_accelerator(recipe, self.output_dir)
         acc = self.accelerator
+        # Which checkpoint this run resumes, and whether its recipe allows it, is settled before any work (BC, envs)
+        self.resume_from = self.checkpoint_to_resume() if t.resume else None
+        if self.resume_from is not None:
+            self._refuse_changed_recipe(self.resume_from)
         set_seed(t.seed)  # same on every process: identical head / critic initialisation
         if base is None:
             base = build_base(recipe, acc, show_progress=t.show_progress)
@@ -213,19 +217,31 @@ class SteeringTrainer:
                                     "earlier one survives: set train.resume=false to start over, or another output_dir")
         return None
 
+    @staticmethod
+    def _trainer_state(directory: Path) -> dict:
+        return ckpt.load_part(directory, "trainer_state.json",
+                              lambda: json.loads((directory / "trainer_state.json").read_text()))
+
+    def _refuse_changed_recipe(self, directory: Path) -> None:
+        changed = ckpt.recipe_changes(self._trainer_state(directory).get("recipe", {}), self.recipe.to_dict())
+        if changed:
+            raise ValueError(f"the checkpoint in {directory} was trained with another recipe; these fields change the "
+                             f"data or the networks and differ: {'; '.join(changed)}. Resume with the recipe it was "
+                             "trained with, or start over with train.resume=false or another train.output_dir")
+
     def load_checkpoint(self) -> bool:
-        directory = self.checkpoint_to_resume()
+        """Restore the checkpoint chosen at construction (``train.resume``); False when there is none."""
+        directory = self.resume_from
         if directory is None:
             return False
         rank = self.accelerator.process_index
-        state = json.loads((directory / "trainer_state.json").read_text())
-        if state["recipe"]["algorithm"] != asdict(self.recipe.algorithm):
-            raise ValueError(f"checkpoint in {directory} was trained with a different algorithm config; "
-                             "use another train.output_dir or train.resume=false")
-        self.algo.load_state_dict(ckpt.load_tree(directory, "algorithm"))
-        self.algo.load_optimizer_state_dicts(ckpt.load_optimizer_tree(directory, "optimizers"))
-        rng = ckpt.load_tree(directory, f"rng_rank{rank}")
-        self.learner.load_state_dict(ckpt.load_tree(directory, f"buffer_rank{rank}"), rng["sampler"])
+        state = self._trainer_state(directory)
+        ckpt.load_part(directory, "algorithm.*", lambda: self.algo.load_state_dict(ckpt.load_tree(directory, "algorithm")))
+        ckpt.load_part(directory, "optimizers.*", lambda: self.algo.load_optimizer_state_dicts(
+            ckpt.load_optimizer_tree(directory, "optimizers")))
+        rng = ckpt.load_part(directory, f"rng_rank{rank}.*", lambda: ckpt.load_tree(directory, f"rng_rank{rank}"))
+        ckpt.load_part(directory, f"buffer_rank{rank}.*", lambda: self.learner.load_state_dict(
+            ckpt.load_tree(directory, f"buffer_rank{rank}"), rng["sampler"]))
         self.learner.updates = state["updates"]
         ckpt.set_rng_state(rng["global"])
         self.iteration, self.collector.env_steps = state["iteration"], state["env_steps"]
