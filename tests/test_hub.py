@@ -10,6 +10,7 @@ layout huggingface_hub writes (models--org--name/{blobs,snapshots/<commit>,refs/
 import json
 import os
 import pickle
+import re
 import shutil
 import sys
 from dataclasses import asdict
@@ -564,3 +565,100 @@ def test_write_head_refuses_what_read_head_would_refuse(tmp_path):
     assert all(torch.equal(tensors[f"delta.{k}"], v) for k, v in algo.delta_net.state_dict().items())
     write_head(directory, {"delta": algo.delta_net}, without_critic)  # replaces a previous head in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+# -------------------------------------------------------------------------------------------------------------
+# hostile steered directories: what `vla-steer info` passes, the loaders load
+def _poison_stats(directory: Path, change) -> None:
+    path = directory / "policy_preprocessor_step_3_normalizer_processor.safetensors"
+    stats = load_file(str(path))
+    change(stats)
+    save_file(stats, path)
+
+
+def _nan_stat(stats):
+    stats["observation.state.max"][0] = float("nan")
+
+
+def _wrong_stat_shape(stats):
+    stats["observation.state.max"] = torch.ones(5)
+
+
+@pytest.mark.parametrize("change, message", [
+    (_nan_stat, r"statistics \['observation.state.max'\] hold NaN or inf"),
+    (_wrong_stat_shape, r"statistic 'observation.state.max' has shape \[5\], which does not fit the feature's shape \[2\]"),
+], ids=["nan", "wrong-shape"])
+def test_processor_stats_with_nan_or_the_wrong_shape_are_refused(steered_dir, tmp_path, change, message):
+    bad = shutil.copytree(steered_dir, tmp_path / "bad")
+    _poison_stats(bad, change)
+    for load in (validate_directory, SteeredPolicy.from_pretrained):
+        with pytest.raises(HeadFormatError, match=message):
+            load(bad)
+    assert cli(["info", str(bad)]) != 0
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(surprise=1), r"config.json in .* is not a config LeRobot can load"),
+    (lambda c: c.update(best_of_k=0), r"steered.best_of_k=0 must be >= 1 and <= 1024"),
+    (lambda c: c.update(best_of_k=10**9), r"steered.best_of_k=1000000000 must be >= 1 and <= 1024"),
+    (lambda c: c.update(base_path="../../elsewhere/base"), r"base_path '../../elsewhere/base' climbs out of the steered directory"),
+], ids=["unknown-field", "best-of-k-0", "best-of-k-1e9", "base-path-climbs-out"])
+def test_info_refuses_a_config_json_the_loader_refuses(steered_dir, tmp_path, capsys, edit, message):
+    bad = broken_copy(steered_dir, tmp_path / "bad", config=edit)
+    with pytest.raises((HeadFormatError, ValueError), match=message):
+        SteeredPolicy.from_pretrained(bad)
+    assert cli(["info", str(bad)]) != 0
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_info_checks_the_base_config_json_names_which_is_the_one_loaded(steered_dir, root, tmp_path, capsys):
+    """head_config.json records the base the head was saved with; the loader loads config.json's base_path. A
+    directory repointed at another base must not be reported as fitting."""
+    other_weights = save_pusht_diffusion_base(root / "base_info_other", seed=1)
+    repointed = broken_copy(steered_dir, tmp_path / "repointed", config=lambda c: c.update(base_path=str(other_weights)))
+    with pytest.raises(BaseMismatchError):
+        SteeredPolicy.from_pretrained(repointed)
+    assert cli(["info", str(repointed), "--base"]) == 1
+    out = capsys.readouterr().out
+    assert "does NOT fit the base" in out and "base_info_other" in out and "weights differ" in out
+    assert cli(["info", str(steered_dir), "--base"]) == 0 and "fits the base" in capsys.readouterr().out
+    needs_critic = broken_copy(steered_dir, tmp_path / "k8", config=lambda c: c.update(best_of_k=8))
+    assert cli(["info", str(needs_critic), "--base"]) == 1
+    assert "best_of_k=8 needs a head that ships its critic" in capsys.readouterr().out
+
+
+def test_format_files_linking_out_of_the_directory_are_refused(steered_dir, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    linked = shutil.copytree(steered_dir, tmp_path / "linked")
+    (linked / "head.safetensors").rename(outside / "head.safetensors")
+    (linked / "head.safetensors").symlink_to(outside / "head.safetensors")
+    with pytest.raises(HeadFormatError, match=r"head.safetensors is a symbolic link to .*outside the head directory"):
+        validate_directory(linked)
+    inside = shutil.copytree(steered_dir, tmp_path / "inside")  # a link within the directory is fine
+    (inside / "head.safetensors").rename(inside / "weights.bin")
+    (inside / "head.safetensors").symlink_to(inside / "weights.bin")
+    assert validate_directory(inside).config["algorithm"] == "lpds"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[1, 2]", r"head config must be a JSON object, got list"),
+    (b" " * (2 << 20) + b"{}", r"head_config.json is \d+ bytes, over the 1048576-byte limit"),
+    (b"[" * 900 + b"]" * 900, r"nests lists / objects more than 32 deep"),
+], ids=["list", "2-MB", "deep"])
+def test_push_checks_a_head_config_before_parsing_it(steered_dir, tmp_path, capsys, content, message):
+    bad = shutil.copytree(steered_dir, tmp_path / "bad")
+    (bad / "head_config.json").write_bytes(content)
+    assert cli(["push", str(bad), "--repo-id", "me/bad", "--dry-run"]) != 0
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_saving_leaves_a_users_tmp_and_old_directories_alone(base_dir, tmp_path):
+    for suffix in (".tmp", ".old"):
+        (tmp_path / f"steered{suffix}").mkdir()
+        (tmp_path / f"steered{suffix}" / "notes.txt").write_text(f"mine {suffix}")
+    steered_on(base_dir).save_pretrained(tmp_path / "steered")
+    steered_on(base_dir, head_seed=2).save_pretrained(tmp_path / "steered")  # replacing the first save
+    for suffix in (".tmp", ".old"):
+        assert (tmp_path / f"steered{suffix}" / "notes.txt").read_text() == f"mine {suffix}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["steered", "steered.old", "steered.tmp"]

@@ -131,7 +131,8 @@ def test_train_a_lerobot_smolvla_from_pusht_pixels(tmp_path):
     trainer.collector.close()
 
     with pytest.raises(ValueError, match="too large to store.*dsrl_sac, or lpds with algorithm.critic: latent"):
-        SteeringTrainer(recipe_from_dict({**recipe.to_dict(), "algorithm": {"name": "dsrl_na"}}))
+        other = recipe.to_dict()
+        SteeringTrainer(recipe_from_dict({**other, "algorithm": {"name": "dsrl_na"}, "train": {**other["train"], "resume": False}}))
 
 
 def test_cli_trains_from_a_hub_repo_id_at_a_revision_offline(pusht_base, tmp_path, monkeypatch, capsys):

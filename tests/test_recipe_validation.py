@@ -82,3 +82,28 @@ def test_a_head_config_with_a_huge_layer_count_is_refused_by_the_same_declared_r
     with pytest.raises(ValueError, match=r"head.num_layers=100000 must be >= 1 and <= 64"):
         validate_head_config({"algorithm": "lpds", "head": {"num_layers": 100000, "hidden_dim": 1}, "noise_shape": [4, 4],
                               "latent_shape": [4, 4], "feature_dim": 8})
+
+
+@pytest.mark.parametrize("section, values, message", [
+    ("train", {"buffer_size": 0}, "train.buffer_size=0 must be >= 1"),
+    ("algorithm", {"tau": 5.0}, "algorithm.tau=5.0 must be > 0 and <= 1"),
+    ("head", {"bound": float("inf")}, "head.bound=inf must be a finite number"),
+], ids=["train", "algorithm", "head"])
+def test_the_trainer_refuses_a_recipe_built_in_code_before_any_work(tmp_path, section, values, message):
+    import dataclasses
+
+    from vla_steer.training import SteeringTrainer
+
+    recipe = load_recipe(QUICKSTART, [f"train.output_dir={tmp_path / 'run'}", f"train.cache_dir={tmp_path / 'cache'}"])
+    setattr(recipe, section, dataclasses.replace(getattr(recipe, section), **values))  # no parser involved
+    with pytest.raises(RecipeError, match=message):
+        SteeringTrainer(recipe)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_cli_refuses_a_bad_override_with_a_message_and_no_output(tmp_path, capsys):
+    from vla_steer.cli import main
+
+    assert main(["train", str(QUICKSTART), "algorithm.batch_size=0", f"train.output_dir={tmp_path / 'run'}"]) == 2
+    assert "algorithm.batch_size=0 must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -144,7 +144,7 @@ def test_best_of_k_acts_on_the_proposal_the_shipped_critic_ranks_first(base_dir,
     with pytest.raises(HeadFormatError, match="best_of_k=4 needs a head that ships its critic"):
         SteeredPolicy.from_base(load_base(base_dir), write_trainer_head(tmp_path / "no_critic"), base_path=base_dir,
                                 best_of_k=4, adapter_kwargs={"pooling": "mean+last"})
-    with pytest.raises(ValueError, match="best_of_k must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"steered.best_of_k=0 must be >= 1 and <= 1024"):
         SteeredConfig(best_of_k=0)
 
 

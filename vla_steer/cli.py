@@ -203,29 +203,53 @@ def cmd_pull(args) -> None:
 
 @_hub_errors
 def cmd_info(args) -> int | None:
+    """Describe a head and check it the way its loaders will: a LeRobot steered directory's ``config.json`` is parsed
+    as LeRobot parses it, and ``--base`` alone checks the base that directory's ``config.json`` names (what
+    ``from_pretrained`` loads), with the same compatibility checks."""
+    from vla_steer.adapters import adapter_for_lerobot_policy
     from vla_steer.hub.api import describe, load_base_for, resolve_repo, validate_directory
-    from vla_steer.lerobot_policy import ActingHead
+    from vla_steer.hub.format import HeadFormatError
+    from vla_steer.lerobot_policy import ActingHead, SteeredPolicy
+    from vla_steer.lerobot_policy.modeling_steered import load_base_policy, read_steered_config, resolve_base_path
 
     path = Path(args.source).expanduser()
-    if path.is_dir():
+    local = path.is_dir()
+    if local:
         kind, path = _head_source(path)
         directory = path / "head" if kind == "run" else path
     else:
         directory = resolve_repo(args.source, revision=args.revision, cache_dir=args.cache_dir)
     checked = validate_directory(directory)
     config, head = checked.config, ActingHead.from_checked(checked)
+    steered = read_steered_config(directory) if checked.policy_config is not None else None
+    if steered is not None:
+        resolve_base_path(steered, directory if local else None)  # a base_path climbing out of the directory is refused
     if args.json:
         print(json.dumps(config, indent=2))
     else:
         print(f"{directory}")
         print("\n".join(describe(config)))
+        if steered is not None:
+            print(f"loads base:  {steered.base_path} @ {steered.base_revision or 'unpinned'} (config.json), "
+                  f"best_of_k {steered.best_of_k}, deterministic {steered.deterministic}")
     if args.base is None:
         return None
-    base = args.base or None  # --base alone: the base the head names
-    adapter = load_base_for(config, base, **({"revision": args.base_revision} if base and args.base_revision else {}),
-                            cache_dir=args.cache_dir)
-    problems = head.fit_problems(adapter) or head.base_differences(adapter)
-    where = base or f"{config.get('base_model_name_or_path')} @ {config.get('revision') or 'unpinned'}"
+    base = args.base or None  # --base alone: the base the loaders load
+    adapter_kwargs = steered.adapter_kwargs if steered is not None else (config.get("features") or {}).get("adapter_kwargs")
+    if steered is not None and base is None:
+        _, base_policy = load_base_policy(steered, directory if local else None, cache_dir=args.cache_dir)
+        adapter = adapter_for_lerobot_policy(base_policy, **steered.adapter_kwargs)
+        where = f"{steered.base_path} @ {steered.base_revision or 'unpinned'} (named by config.json)"
+    else:
+        adapter = load_base_for(config, base, **({"revision": args.base_revision} if base and args.base_revision else {}),
+                                cache_dir=args.cache_dir)
+        where = base or f"{config.get('base_model_name_or_path')} @ {config.get('revision') or 'unpinned'}"
+    problems = head.fit_problems(adapter) or head.base_differences(adapter, adapter_kwargs)
+    if not problems and steered is not None and hasattr(adapter, "policy"):
+        try:  # what else the steered policy checks when it is built (best_of_k needs a critic, observation history)
+            SteeredPolicy(steered, base_policy=adapter.policy, head=head)
+        except HeadFormatError as exc:
+            problems = [str(exc)]
     if problems:
         print(f"does NOT fit the base {where}:\n  " + "\n  ".join(problems))
         return 1

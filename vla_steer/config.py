@@ -102,7 +102,7 @@ class HeadConfig:
     hidden_dim: int = bounded(256, ge=1, le=65536)
     num_layers: int = bounded(3, ge=1, le=64)
     encoder_dim: Optional[int] = bounded(None, ge=1, le=65536)  # bottleneck for large features (VLM embeddings); None = raw
-    num_critics: int = bounded(2, ge=1, le=64)
+    num_critics: int = bounded(2, ge=1, le=16)
 
 
 @dataclass

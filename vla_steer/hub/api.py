@@ -208,6 +208,7 @@ def validate_directory(directory: str | Path, limits: Limits = DEFAULT_LIMITS) -
     missing = [n for n in (HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME) if n not in names]
     if missing:
         raise FileNotFoundError(f"{directory} is not a steering-head directory: missing {missing}")
+    _refuse_outside_links(directory, names)
     config, tensors = read_head(directory, limits)
     policy_config = None
     if POLICY_CONFIG_NAME in names:
@@ -232,6 +233,19 @@ def validate_directory(directory: str | Path, limits: Limits = DEFAULT_LIMITS) -
                 raise HeadFormatError(f"{LEARNING_CURVE_NAME} is not a PNG image")
     files = [n for n in names if is_format_file(n) and (directory / n).is_file()]
     return HeadDirectory(directory, config, tensors, policy_config, files, [n for n in names if n not in files])
+
+
+def _refuse_outside_links(directory: Path, names: list[str]) -> None:
+    """Refuse format files that are symbolic links leading out of the directory (``head.safetensors ->
+    /home/you/.ssh/...``). A Hub cache snapshot's links into its own repo's ``blobs/`` are what the cache is made of,
+    and are allowed."""
+    directory = directory.resolve()
+    root = directory.parent.parent if directory.parent.name == "snapshots" else directory  # <repo cache>/snapshots/<rev>
+    for name in names:
+        path = directory / name
+        if is_format_file(name) and path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise HeadFormatError(f"{directory}/{name} is a symbolic link to {path.resolve()}, outside the head "
+                                  "directory; copy the file into the directory instead")
 
 
 # -------------------------------------------------------------------------------------------------------------

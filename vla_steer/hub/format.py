@@ -278,9 +278,38 @@ def check_processor_config(path: str | Path, limits: Limits = DEFAULT_LIMITS) ->
             if not isinstance(state, str) or not PROCESSOR_STATE_RE.match(state):
                 raise HeadFormatError(f"{what}: step {i} state_file {state!r} is not a processor state file name "
                                       "(policy_<pre|post>processor_step_<i>_<name>.safetensors, no directories)")
-            read_safetensors_header(path.parent / state, state, max_bytes=limits.max_processor_state_bytes,
-                                    max_tensors=limits.max_head_tensors, max_header_bytes=limits.max_header_bytes)
+            specs = read_safetensors_header(path.parent / state, state, max_bytes=limits.max_processor_state_bytes,
+                                            max_tensors=limits.max_head_tensors, max_header_bytes=limits.max_header_bytes)
+            _check_processor_stats(path.parent / state, specs, (step.get("config") or {}).get("features"))
     return config
+
+
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts against ``target`` without changing ``target``'s shape."""
+    if len(shape) > len(target):
+        return False
+    return all(s in (1, t) for s, t in zip(reversed(shape), reversed(target)))
+
+
+def _check_processor_stats(path: Path, specs: dict[str, tuple[str, tuple[int, ...]]], features: Any) -> None:
+    """A processor state file's statistics (``<feature>.<stat>``, LeRobot's normaliser): finite, and shaped to
+    broadcast against the feature the step's config declares; NaN stats would make every action NaN."""
+    from safetensors.numpy import load_file
+
+    features = features if isinstance(features, dict) else {}
+    for name, (_, shape) in specs.items():
+        feature = features.get(name.rsplit(".", 1)[0])
+        declared = feature.get("shape") if isinstance(feature, dict) else None
+        if isinstance(declared, list) and all(isinstance(d, int) for d in declared) \
+                and not _broadcasts_to(shape, tuple(declared)):
+            raise HeadFormatError(f"{path.name}: statistic {name!r} has shape {list(shape)}, which does not fit the "
+                                  f"feature's shape {declared}; the processor files belong to another policy: copy "
+                                  "them from the base again")
+    bad = sorted(name for name, array in load_file(str(path)).items()
+                 if array.dtype.kind == "f" and not math.isfinite(float(abs(array).max(initial=0.0))))
+    if bad:
+        raise HeadFormatError(f"{path.name}: statistics {bad[:10]} hold NaN or inf; normalising with them makes every "
+                              "action NaN. Copy the processor files from the base again (or recompute its stats)")
 
 
 def check_policy_config(path: str | Path, supported_base_types, limits: Limits = DEFAULT_LIMITS) -> dict:

@@ -36,6 +36,12 @@ CRITIC_MODULE = "critic"  # the latent critic Q^W(s, z), shipped with "critic": 
 BASE_LIBRARIES = ("lerobot", "vla_steer")
 FINGERPRINT_KEYS = ("method", "weights", "config", "num_tensors", "num_parameters")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# Sizes a head config may describe, checked before any module is built. pi0's noise is 50 x 32 and VLM features a
+# few thousand wide; a trained head has well under a million parameters. These leave ample room and nothing more.
+MAX_NOISE_ELEMENTS = 1 << 20
+MAX_FEATURE_DIM = 1 << 20
+MAX_HEAD_MODULES = 10_000
+MAX_HEAD_PARAMETERS = 1 << 27  # 128 Mi parameters: 512 MiB in float32
 assert set(HEAD_TYPES) == set(ACTING_RULES), "every algorithm with an acting rule needs a head_type"
 
 
@@ -107,8 +113,12 @@ def validate_head_config(config: dict[str, Any]) -> dict[str, Any]:
     if not head.bound > 0:
         raise HeadFormatError(f"head config field 'head.bound' must be positive, got {head.bound!r}")
     noise_shape, latent_shape = _check_shape(config, "noise_shape"), _check_shape(config, "latent_shape")
-    if not _is_int(config["feature_dim"], 1):
-        raise HeadFormatError(f"head config field 'feature_dim' must be a positive integer, got {config['feature_dim']!r}")
+    if noise_shape[0] * noise_shape[1] > MAX_NOISE_ELEMENTS:
+        raise HeadFormatError(f"head config field 'noise_shape' {list(noise_shape)} has {noise_shape[0] * noise_shape[1]} "
+                              f"elements, over the format's limit of {MAX_NOISE_ELEMENTS}")
+    if not (_is_int(config["feature_dim"], 1) and config["feature_dim"] <= MAX_FEATURE_DIM):
+        raise HeadFormatError(f"head config field 'feature_dim' must be an integer in 1..{MAX_FEATURE_DIM}, got "
+                              f"{config['feature_dim']!r}")
     layout = LatentLayout(head.latent_layout, noise_shape)
     if layout.latent_shape != latent_shape:
         raise HeadFormatError(f"latent_shape {list(latent_shape)} does not follow from noise_shape {list(noise_shape)} "
@@ -151,9 +161,24 @@ def canonical_head_config(config: dict[str, Any]) -> dict[str, Any]:
 def build_head_modules(config: dict[str, Any]) -> dict[str, nn.Module]:
     """The modules a (valid) head config describes, by name: the acting module of its algorithm (``delta`` /
     ``actor``) and, with ``"critic": "latent"``, the latent critic (``critic``). Their ``state_dict`` entries,
-    prefixed ``"<name>."``, are exactly the tensors of ``head.safetensors``. Build under ``torch.device("meta")``
-    to learn the shapes without allocating memory."""
-    checked = validate_head_config(config)
+    prefixed ``"<name>."``, are exactly the tensors of ``head.safetensors``.
+
+    They are first built on the meta device (no memory) and counted: a config describing more than
+    ``MAX_HEAD_MODULES`` modules or ``MAX_HEAD_PARAMETERS`` parameters is refused before anything is allocated."""
+    with torch.device("meta"):
+        modules = _build_head_modules(validate_head_config(config))
+    num_modules = sum(1 for m in modules.values() for _ in m.modules())
+    num_parameters = sum(p.numel() for m in modules.values() for p in m.parameters())
+    if num_modules > MAX_HEAD_MODULES or num_parameters > MAX_HEAD_PARAMETERS:
+        raise HeadFormatError(f"head config describes {num_modules} modules with {num_parameters:,} parameters; the "
+                              f"format allows at most {MAX_HEAD_MODULES} modules and {MAX_HEAD_PARAMETERS:,} parameters "
+                              "(check head.hidden_dim, head.num_layers, head.num_critics, feature_dim, noise_shape)")
+    if torch.get_default_device().type == "meta":  # the caller wants shapes only
+        return modules
+    return _build_head_modules(validate_head_config(config))
+
+
+def _build_head_modules(checked: dict[str, Any]) -> dict[str, nn.Module]:
     head = checked["head"]
     feature_dim = int(checked["feature_dim"])
     latent_dim = LatentLayout(head.latent_layout, checked["noise_shape"]).latent_dim

@@ -13,6 +13,8 @@ from typing import Any
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.optim.optimizers import AdamConfig
 
+from vla_steer.fields import bounded, range_problems
+
 
 @PreTrainedConfig.register_subclass("steered")
 @dataclass
@@ -34,12 +36,15 @@ class SteeredConfig(PreTrainedConfig):
     base_type: str = ""
     adapter_kwargs: dict[str, Any] = field(default_factory=dict)
     deterministic: bool = False
-    best_of_k: int = 1
+    best_of_k: int = bounded(1, ge=1, le=1024)  # the same range as the trainer's train.eval_best_of_k
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.best_of_k, int) or self.best_of_k < 1:
-            raise ValueError(f"best_of_k must be an integer >= 1 (1 = act on one proposal), got {self.best_of_k!r}")
+        if not isinstance(self.best_of_k, int) or isinstance(self.best_of_k, bool):
+            raise ValueError(f"best_of_k must be an integer (1 = act on one proposal), got {self.best_of_k!r}")
+        problems = range_problems(self, "steered")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @property
     def observation_delta_indices(self) -> None:

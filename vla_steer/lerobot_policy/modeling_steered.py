@@ -55,13 +55,34 @@ HISTORY_FAMILIES = ("diffusion",)
 
 
 def resolve_base_path(config: SteeredConfig, steered_dir: str | Path | None = None) -> str:
-    """Where the base lives: a relative ``base_path`` is looked up in the steered directory first."""
+    """Where the base lives: an absolute directory; a relative one inside the steered directory (looked up there
+    first, and never allowed to climb out of it with ``..``); a directory relative to the working directory; or
+    else a Hub repo id."""
     if not config.base_path or not config.base_type:
         raise ValueError("a steered policy config needs base_path and base_type (which frozen policy to steer)")
     path = Path(config.base_path).expanduser()
+    if not path.is_absolute() and ".." in path.parts:
+        raise HeadFormatError(f"config.json: base_path {config.base_path!r} climbs out of the steered directory; give "
+                              "an absolute path, a path inside the directory, or a Hub repo id")
     if not path.is_absolute() and steered_dir is not None and (Path(steered_dir) / path).is_dir():
         return str(Path(steered_dir) / path)
     return str(path) if path.is_dir() else config.base_path  # otherwise a Hub repo id
+
+
+def read_steered_config(directory: str | Path) -> SteeredConfig:
+    """``config.json`` of a (checked) steered directory parsed as LeRobot parses it, so whatever LeRobot would refuse
+    (an unknown field, ``best_of_k: 0``) is refused here, naming the file."""
+    try:
+        config = PreTrainedConfig.from_pretrained(directory)
+    except Exception as exc:  # draccus wraps the error that says what is wrong in a general one: show that one
+        cause = exc
+        while (cause.__cause__ or cause.__context__) is not None:
+            cause = cause.__cause__ or cause.__context__
+        detail = f"{type(exc).__name__}: {exc}" + (f" ({cause})" if cause is not exc else "")
+        raise HeadFormatError(f"config.json in {directory} is not a config LeRobot can load: {detail[:600]}") from None
+    if not isinstance(config, SteeredConfig):
+        raise HeadFormatError(f"{directory} holds a {config.type!r} policy, not a steered one")
+    return config
 
 
 def base_directory(config: SteeredConfig, steered_dir: str | Path | None = None, **hub_kwargs) -> Path:
@@ -190,7 +211,7 @@ class SteeredPolicy(PreTrainedPolicy):
             raise FileNotFoundError(f"{model_id} holds a steering head without a LeRobot config.json (a head on a "
                                     "non-LeRobot base): load it with vla_steer.lerobot_policy.load_steered")
         if config is None:
-            config = PreTrainedConfig.from_pretrained(directory)
+            config = read_steered_config(directory)
         if not isinstance(config, SteeredConfig):
             raise ValueError(f"{pretrained_name_or_path} holds a {config.type!r} policy, not a steered one")
         if base_policy is None:

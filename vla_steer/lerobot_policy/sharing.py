@@ -19,7 +19,7 @@ from vla_steer.hub.api import (hub_kwargs, library_for_family, load_base_adapter
 from vla_steer.hub.format import DEFAULT_LIMITS, Limits
 from vla_steer.lerobot_policy.configuration_steered import SteeredConfig
 from vla_steer.lerobot_policy.head import ActingHead
-from vla_steer.lerobot_policy.modeling_steered import SteeredPolicy
+from vla_steer.lerobot_policy.modeling_steered import SteeredPolicy, read_steered_config
 
 __all__ = ["SteeredChunkPolicy", "export_run", "load_steered"]
 
@@ -60,14 +60,12 @@ def load_steered(repo_id_or_path: str | Path, *, revision: str | None = None, ba
     checked = validate_directory(directory, limits)
     config = checked.config
     if checked.policy_config is not None:  # a LeRobot steered policy directory
-        from lerobot.configs.policies import PreTrainedConfig
-
         base_policy = None
         if base is not None:
             adapter_kwargs = checked.policy_config.get("adapter_kwargs") or {}
             base_policy = load_base_adapter(base, library="lerobot", policy_type=checked.policy_config["base_type"],
                                             adapter_kwargs=adapter_kwargs, device=device, **hub_kwargs(hub)).policy
-        policy_config = PreTrainedConfig.from_pretrained(directory)
+        policy_config = read_steered_config(directory)
         policy_config.deterministic = deterministic or policy_config.deterministic
         if device is not None:
             policy_config.device = str(device)

@@ -184,7 +184,7 @@ class SteeringTrainer:
         # Shared parts from the main process; per-process parts (buffer, RNG) by each process into its own file.
         staging = self.checkpoint_dir.with_name("staging")
         if acc.is_main_process:
-            write_atomically(staging, write)
+            write_atomically(staging, write, fixed_scratch_names=True)
         acc.wait_for_everyone()
         rank = acc.process_index
         learner = self.learner.state_dict()
@@ -192,7 +192,8 @@ class SteeringTrainer:
         ckpt.save_tree(staging, f"rng_rank{rank}", {"global": ckpt.rng_state(), "sampler": learner["sampler"]})
         acc.wait_for_everyone()
         if acc.is_main_process:
-            write_atomically(self.checkpoint_dir, lambda d: [p.rename(d / p.name) for p in staging.iterdir()])
+            write_atomically(self.checkpoint_dir, lambda d: [p.rename(d / p.name) for p in staging.iterdir()],
+                             fixed_scratch_names=True)  # found by checkpoint_to_resume after a crash
             staging.rmdir()
         acc.wait_for_everyone()
 
