@@ -60,6 +60,13 @@ def with_final_observations(next_obs, info: dict, done: np.ndarray):
     return stored
 
 
+def chunk_discount(gamma: float, chunk_steps: np.ndarray, mode: str) -> np.ndarray:
+    """The discount of each chunk transition: ``gamma`` per chunk (``"chunk"``, DSRL's convention), or ``gamma`` per
+    executed env step (``"env_step"``: a chunk cut short by the episode's end is discounted for the rows it ran)."""
+    chunk_steps = np.asarray(chunk_steps)
+    return gamma ** chunk_steps if mode == "env_step" else np.full(len(chunk_steps), gamma)
+
+
 def step_info(info: dict, done: np.ndarray, key: str) -> np.ndarray:
     """Per-env value of ``key`` from a SAME_STEP-autoreset vector info: finished envs report it in ``final_info``."""
     values = np.zeros(len(done), dtype=np.float64)
@@ -205,7 +212,7 @@ class Collector:
         if done.any():
             check_finite("final observation", stored_next, self.env_steps)
         next_context = self.encode(stored_next)
-        discount = discount_gamma ** chunk_steps if discount_mode == "env_step" else np.full(len(done), discount_gamma)
+        discount = chunk_discount(discount_gamma, chunk_steps, discount_mode)
         transition = {
             "features": context.features, "latent": latent, "action": actions.flatten(1),
             "reward": torch.as_tensor(reward, dtype=torch.float32), "discount": torch.as_tensor(discount, dtype=torch.float32),
