@@ -137,3 +137,17 @@ def test_resume_survives_a_crash_between_the_checkpoint_renames_and_never_silent
     (checkpoints / "last").mkdir()
     with pytest.raises(FileNotFoundError, match=r"incomplete.*train.resume=false"):
         SteeringTrainer(recipe_from_dict(cfg)).run()
+
+
+def test_every_command_honours_train_torch_threads(tiny_recipe, tmp_path):
+    from vla_steer.cli import main
+
+    recipe_file = tmp_path / "tiny.yaml"
+    recipe_file.write_text(yaml.safe_dump(tiny_recipe()))
+    try:
+        for command in ("demos", "bc"):
+            torch.set_num_threads(1)
+            assert main([command, str(recipe_file), "train.torch_threads=2"]) == 0
+            assert torch.get_num_threads() == 2, command
+    finally:
+        torch.set_num_threads(1)

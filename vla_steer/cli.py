@@ -28,18 +28,26 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
                         help="override any recipe field, e.g. train.seed=1 algorithm.name=dsrl_sac")
 
 
+def _with_threads(recipe):
+    """Every command runs on ``train.torch_threads`` threads when the recipe sets it (as the trainer does): on a
+    shared machine torch's default of one thread per core makes a small job crawl when another job is running."""
+    if recipe.train.torch_threads:
+        import torch
+
+        torch.set_num_threads(recipe.train.torch_threads)
+    return recipe
+
+
 def cmd_demos(args) -> None:
     from vla_steer.pipeline import ensure_demos
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    print(ensure_demos(recipe))
+    print(ensure_demos(_with_threads(load_recipe(args.recipe, args.overrides))))
 
 
 def cmd_bc(args) -> None:
     from vla_steer.pipeline import ensure_base
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    print(ensure_base(recipe))
+    print(ensure_base(_with_threads(load_recipe(args.recipe, args.overrides))))
 
 
 def _summary(results: dict) -> str:
@@ -84,8 +92,8 @@ def cmd_eval(args) -> None:
     unsupported = [item for item in args.overrides if not item.startswith("train.")]
     if unsupported:
         raise RecipeError(f"vla-steer eval takes evaluation settings (train.*) only, not {unsupported}")
-    recipe = recipe_from_dict(json.loads(recipe_file.read_text()),
-                              overrides + list(args.overrides) + [f"train.output_dir={run_dir}"])
+    recipe = _with_threads(recipe_from_dict(json.loads(recipe_file.read_text()),
+                                            overrides + list(args.overrides) + [f"train.output_dir={run_dir}"]))
     checkpoint = run_dir / "checkpoints" / "last"
     if not (checkpoint / "trainer_state.json").is_file():
         raise FileNotFoundError(f"no checkpoint in {checkpoint}")
