@@ -1,4 +1,7 @@
+import json
+
 import numpy as np
+import pytest
 import torch
 from accelerate import Accelerator
 
@@ -50,9 +53,18 @@ def test_trained_delta_respects_trust_region(tiny_recipe):
     delta = 0.05
     recipe = recipe_from_dict(tiny_recipe(
         algorithm={"name": "lpds", "delta": delta, "dual_lr": 0.2, "actor_lr": 1e-3, "batch_size": 64},
-        train={"total_env_steps": 4000, "warmup_env_steps": 400, "eval_every": 100_000, "checkpoint_every": 100_000}))
+        train={"total_env_steps": 4000, "warmup_env_steps": 400, "eval_every": 100_000, "checkpoint_every": 100_000,
+               "log_every": 400}))
     trainer = SteeringTrainer(recipe)
     trainer.run()
+    # the multiplier, E||Delta||^2 and the violation are logged every window, not only at evaluations
+    windows = [r for r in map(json.loads, (trainer.output_dir / "metrics.jsonl").read_text().splitlines())
+               if r["event"] == "update"]
+    assert len(windows) == 10 and all(r["window_updates"] > 0 for r in windows)  # one per 400 env steps from warm-up's end
+    for r in windows:
+        assert r["train/violation"] == pytest.approx(r["train/delta_sq"] - delta, abs=1e-6)
+        assert r["train/multiplier"] >= 0
+    assert any(r["train/multiplier"] > 0 for r in windows)
     features = trainer.buffer.state_dict()["tensors"]["features"]
     with torch.no_grad():
         delta_sq = trainer.algo.delta_net(features).pow(2).sum(-1).mean().item()

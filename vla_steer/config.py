@@ -119,6 +119,7 @@ class TrainConfig:
     entropy_states: int = bounded(32, ge=1)  # states for the k-NN action entropy at each evaluation
     entropy_draws: int = bounded(64, ge=4)  # the k-NN estimator (k = 3) needs more than 3 draws
     checkpoint_every: int = bounded(10_000, ge=1)
+    log_every: int = bounded(1_000, ge=1)  # env steps per "update" record in metrics.jsonl: the window's mean update metrics
     seed: int = bounded(0, ge=0)
     output_dir: str = "runs/default"
     resume: bool = True  # resume from output_dir/checkpoints/last if it exists

@@ -70,7 +70,7 @@ class LPDSConfig(AlgorithmConfig):
 
     name: Literal["lpds"] = "lpds"
     delta: float = bounded(0.35, gt=0)  # trust region: E ||Delta(s)||^2 <= delta
-    dual_lr: float = bounded(0.05, ge=0)  # step size of projected dual ascent on the multiplier
+    dual_lr: float = bounded(0.05, ge=0)  # step size of projected dual ascent; 0 with init_multiplier 0: unconstrained
     init_multiplier: float = bounded(0.0, ge=0)  # the multiplier is projected onto [0, inf)
     normalize_q: bool = True  # divide the actor's Q term by mean |Q| (scale-free multiplier)
     critic: Literal["action", "latent"] = "action"  # dual Q (Q^A + distilled Q^W) or latent TD Q^W

@@ -82,4 +82,5 @@ class LPDS(DualCriticMixin, SteeringAlgorithm):
         violation = self.mean_across_processes(delta_sq.detach()) - self.cfg.delta
         self.multiplier.copy_((self.multiplier + self.cfg.dual_lr * violation).clamp_min(0.0))
         return {"critic_loss": critic_loss.item(), "distill_loss": float(distill_loss), "actor_loss": actor_loss.item(),
-                "q": q.mean().item(), "delta_sq": delta_sq.item(), "multiplier": self.multiplier.item()}
+                "q": q.mean().item(), "delta_sq": delta_sq.item(), "violation": violation.item(),
+                "multiplier": self.multiplier.item()}

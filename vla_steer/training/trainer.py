@@ -84,12 +84,14 @@ class SteeringTrainer:
         self.warmup_iterations = math.ceil(t.warmup_env_steps / steps_per_iteration)
         self.eval_every_iterations = max(1, round(t.eval_every / steps_per_iteration))
         self.checkpoint_every_iterations = max(1, round(t.checkpoint_every / steps_per_iteration))
+        self.log_every_iterations = max(1, round(t.log_every / steps_per_iteration))
         self.iteration = 0
         self.history: list[dict] = []
         self.base_metrics: dict | None = None
         self._metrics_file = None
         self._updates_pending = False
         self._last_update: dict = {}
+        self._update_window: dict[str, list[float]] = {}  # update metrics since the last "update" record
 
     # the parts tests and scripts reach for
     @property
@@ -320,8 +322,21 @@ class SteeringTrainer:
         if self.iteration >= self.warmup_iterations:
             for _ in range(self.recipe.algorithm.utd * self.recipe.env.num_envs):
                 self._last_update = self.learner.update()
+                for key, value in self._last_update.items():
+                    self._update_window.setdefault(key, []).append(value)
+        if self._update_window and (self.iteration % self.log_every_iterations == 0
+                                    or self.iteration == self.total_iterations):
+            self._log_update_window()
         if self.iteration % self.eval_every_iterations == 0 or self.iteration == self.total_iterations:
             self._evaluate_progress(start, self._last_update, progress)
+
+    def _log_update_window(self) -> None:
+        """One "update" record: the mean of every update metric over the window (LP-DS: multiplier, E||Delta||^2,
+        constraint violation; SAC: temperature, entropy; critic losses and Q), so they are seen between evaluations."""
+        window, self._update_window = self._update_window, {}
+        self.log({"event": "update", "env_steps": self.global_env_steps(), "iteration": self.iteration, "updates": self.updates,
+                  "window_updates": len(next(iter(window.values()))),
+                  **{f"train/{key}": sum(values) / len(values) for key, values in window.items()}})
 
     def _evaluate_progress(self, start: float, last: dict, progress) -> None:
         env_steps = self.global_env_steps()
