@@ -176,3 +176,16 @@ def test_the_collector_stores_the_true_next_state_sum_and_discount_of_a_cut_chun
     torch.testing.assert_close(rows[2]["next_decode_state"], final.decode_state)
     assert trainer.collector.tracker.episodes == {"return": [15.0], "success": [True], "length": [5]}
     trainer.collector.close()
+
+
+def test_energy_distance_is_zero_for_one_distribution_and_matches_a_shift_in_closed_form():
+    from vla_steer.metrics import energy_distance
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3000, 1, generator=g), torch.randn(3000, 1, generator=g)
+    assert abs(energy_distance(x, y).item()) < 0.02
+    mu = 1.0  # N(0, 1) vs N(mu, 1): 2 E|X - Y| - 2 E|X - X'|, X - Y ~ N(-mu, 2), X - X' ~ N(0, 2)
+    sd = math.sqrt(2)
+    mean_abs = sd * math.sqrt(2 / math.pi) * math.exp(-mu ** 2 / (2 * sd ** 2)) + mu * math.erf(mu / (sd * math.sqrt(2)))
+    exact = 2 * mean_abs - 2 * sd * math.sqrt(2 / math.pi)
+    assert energy_distance(x, y + mu).item() == pytest.approx(exact, abs=0.03)

@@ -28,6 +28,7 @@ def test_train_end_to_end_writes_results_plot_and_head(tiny_recipe, algorithm):
     assert saved["env_steps"] >= 150 and saved["final"]["episodes"] == 2
     for key in ("success_rate", "return_mean", "action_entropy", "noise_norm"):
         assert np.isfinite(saved["base"][key]) and np.isfinite(saved["final"][key])
+    assert saved["final"]["action_drift"] >= 0 and "action_drift" not in saved["base"]  # steered vs base draws
     assert (out / "learning_curve.png").stat().st_size > 10_000 and Path(results["plot"]).exists()
     assert (out / "head" / "head.safetensors").is_file()
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

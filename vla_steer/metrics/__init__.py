@@ -30,6 +30,17 @@ def kozachenko_leonenko_entropy(samples: torch.Tensor, k: int = 3) -> torch.Tens
     return h[0] if single else h
 
 
+def energy_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Energy distance ``2 E||X - Y|| - E||X - X'|| - E||Y - Y'||`` between two sample sets (Szekely & Rizzo,
+    2004): zero exactly when the distributions are equal, and it grows with any difference (location, spread,
+    shape). ``x``: ``[N, d]`` or a batch ``[M, N, d]``, ``y`` likewise (its N may differ). V-statistic (a sample's
+    distance to itself, 0, is included), so a finite sample of one distribution gives a small positive value."""
+    single = x.dim() == 2
+    x, y = (x[None] if single else x).double(), (y[None] if single else y).double()
+    d = 2 * torch.cdist(x, y).mean((-2, -1)) - torch.cdist(x, x).mean((-2, -1)) - torch.cdist(y, y).mean((-2, -1))
+    return d[0] if single else d
+
+
 def summarize_episodes(returns: list[float], successes: list[bool], lengths: list[int]) -> dict[str, float]:
     returns_arr = np.asarray(returns, dtype=np.float64)
     return {

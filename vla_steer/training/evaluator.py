@@ -1,4 +1,4 @@
-"""The evaluator: fixed evaluation start states, base vs. steered, success / return / action entropy.
+"""The evaluator: fixed evaluation start states, base vs. steered, success / return / action entropy / drift.
 
 Evaluation runs on its own envs seeded from ``train.eval_seed`` (default ``EVAL_SEED``; disjoint from every training
 seed: training env seeds are ``seed * 10_000 + process * 1_000 + i``, far below it) and on its own RNG stream, so base and steered policies
@@ -12,7 +12,7 @@ import torch
 
 from vla_steer.adapters.base import LatentLayout
 from vla_steer.config import Recipe
-from vla_steer.metrics import kozachenko_leonenko_entropy, summarize_episodes
+from vla_steer.metrics import energy_distance, kozachenko_leonenko_entropy, summarize_episodes
 from vla_steer.steering.best_of_k import best_of_k
 from vla_steer.training.collector import Collector, EpisodeTracker, step_info
 
@@ -86,27 +86,37 @@ class Evaluator:
         collector.close()
         e = tracker.episodes
         metrics = summarize_episodes(e["return"], e["success"], e["length"])
-        metrics["action_entropy"] = self._action_entropy(entropy_contexts, mode, algo, collector)
+        metrics["action_entropy"], drift = self._action_entropy(entropy_contexts, mode, algo, collector)
+        if drift is not None:
+            metrics["action_drift"] = drift
         metrics["noise_norm"] = float(torch.cat(latent_norms).mean())
         if delta_norms:
             metrics["delta_norm"] = float(torch.cat(delta_norms).mean())
         return metrics
 
-    def _action_entropy(self, contexts, mode: str, algo, collector: Collector) -> float:
-        """Mean k-NN entropy of the executed env actions over K draws per state: each context is encoded once and
-        repeated K times (works for contexts that cannot be concatenated, such as VLA KV caches)."""
+    def _action_entropy(self, contexts, mode: str, algo, collector: Collector) -> tuple[float, float | None]:
+        """``(entropy, drift)`` of the executed env actions over K draws per state: the mean k-NN entropy, and (not
+        for the base itself) the mean energy distance between these draws and K draws of the base on the same
+        states: how far steering moved the action distribution. Each context is encoded once and repeated K
+        times (works for contexts that cannot be concatenated, such as VLA KV caches)."""
         t = self.recipe.train
-        per_state, remaining = [], t.entropy_states
+        entropies, drifts, remaining = [], [], t.entropy_states
+
+        def draws(repeated, draw_mode: str, n: int) -> torch.Tensor:
+            # stochastic draws even when evaluation acts deterministically; best-of-K: what it executes
+            actions = torch.as_tensor(self._act(collector, repeated, draw_mode, algo, deterministic=False)[0])
+            return actions.flatten(1).reshape(n, t.entropy_draws, -1).float()[:remaining]
+
         for context in contexts:
             repeated = self.adapter.repeat_context(context, t.entropy_draws)
-            # stochastic draws even when evaluation acts deterministically; best-of-K: the entropy of what it executes
-            actions = torch.as_tensor(self._act(collector, repeated, mode, algo, deterministic=False)[0])
-            samples = actions.flatten(1).reshape(context.batch_size, t.entropy_draws, -1).float()[:remaining]
-            per_state.append(kozachenko_leonenko_entropy(samples, k=3))
+            samples = draws(repeated, mode, context.batch_size)
+            entropies.append(kozachenko_leonenko_entropy(samples, k=3))
+            if mode != "base":
+                drifts.append(energy_distance(samples, draws(repeated, "base", context.batch_size)))
             remaining -= samples.shape[0]
             if remaining <= 0:
                 break
-        return float(torch.cat(per_state).mean())
+        return float(torch.cat(entropies).mean()), float(torch.cat(drifts).mean()) if drifts else None
 
 
 def _with_num_envs(recipe: Recipe, num_envs: int) -> Recipe:
