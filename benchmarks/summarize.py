@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from intervals import sample_std, t_interval
 from vla_steer.training.plots import plot_seed_comparison
 
 RESULTS = Path(__file__).parent / "results"
@@ -25,22 +26,6 @@ def base_label(result: dict) -> str:
     base = config.get("base", {}).get("type", "diffusion") if family == "native" else f"LeRobot {family}"
     observation = config.get("env", {}).get("observation", "state")
     return base if observation == "state" else f"{base} ({observation})"
-
-
-def sample_std(values: np.ndarray) -> float:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
-
-
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def t_interval(values: np.ndarray) -> list[float]:
-    """95% t-interval of the mean over runs (Student's t with n - 1 degrees of freedom; normal beyond 10)."""
-    n = len(values)
-    if n < 2:
-        return [float("nan"), float("nan")]
-    half = T_975.get(n - 1, 1.96) * sample_std(values) / np.sqrt(n)
-    return [float(values.mean() - half), float(values.mean() + half)]
 
 
 def main() -> None:

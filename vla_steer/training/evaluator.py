@@ -1,8 +1,9 @@
 """The evaluator: fixed evaluation start states, base vs. steered, success / return / action entropy / drift.
 
 Evaluation runs on its own envs seeded from ``train.eval_seed`` (default ``EVAL_SEED``; disjoint from every training
-seed: training env seeds are ``seed * 10_000 + process * 1_000 + i``, far below it) and on its own RNG stream, so base and steered policies
-see the same start states and evaluating never changes training.
+seed: training env seeds are ``seed * 10_000 + process * 1_000 + i``, far below it) and on its own RNG stream seeded
+from the same number, so base and steered policies see the same start states and prior draws, another evaluation
+seed gives other ones (benchmarks/PROTOCOL.md), and evaluating never changes training.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from vla_steer.steering.best_of_k import best_of_k
 from vla_steer.training.collector import Collector, EpisodeTracker, step_info
 
 EVAL_SEED = 1_000_000
-EVAL_TORCH_SEED = 12345
 
 
 class Evaluator:
@@ -37,7 +37,7 @@ class Evaluator:
             raise ValueError(f"evaluation mode {mode!r} needs the algorithm whose head acts")
         devices = [self.adapter.device] if self.adapter.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
-            torch.manual_seed(EVAL_TORCH_SEED)
+            torch.manual_seed(self.seed)  # the prior draws follow the evaluation seed, like the start states
             return self._evaluate(mode, algo)
 
     def _latent(self, algo, features: torch.Tensor, mode: str, deterministic: bool) -> torch.Tensor:

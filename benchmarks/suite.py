@@ -1,0 +1,283 @@
+"""The evidence suite: every (task, method, base, seed) of a suite file trained and evaluated under
+benchmarks/PROTOCOL.md, resumably, and RESULTS.md regenerated from the runs that have finished.
+
+    python benchmarks/suite.py                                  # benchmarks/suite.yaml: run what is not done, then RESULTS.md
+    python benchmarks/suite.py --plan                           # list every run and its state; run nothing
+    python benchmarks/suite.py --only metaworld/push-v3 --methods lpds dsrl_sac
+    python benchmarks/suite.py --report                         # RESULTS.md from finished runs only
+
+A run that finished is skipped; one that was interrupted resumes from its checkpoint (the trainer's own resume);
+two suite processes may share a grid (each run is claimed by a lock file). The grid is checked against the protocol
+before anything runs: at least 3 bases and 2 steering seeds, equal env-step budgets for every method on a task
+(methods may not touch the budget, the env, the demonstrations or the base), steering seeds below the tuning range,
+and reported evaluation seeds disjoint from training and tuning seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent))
+from intervals import sample_std, t_interval, wilson_interval  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN_METHOD_FIELDS = {"env", "demos", "base", "train.total_env_steps", "train.warmup_env_steps", "train.seed",
+                           "train.eval_seed", "train.output_dir"}
+MAX_TRAINING_ENV_SEED = 1_000_000  # training env seeds are seed * 10_000 + process * 1_000 + i (trainer.py)
+
+
+class ProtocolError(ValueError):
+    """The suite file breaks benchmarks/PROTOCOL.md."""
+
+
+@dataclass(frozen=True)
+class Run:
+    family: str
+    task: str
+    method: str
+    base: int
+    seed: int
+    recipe: dict
+    directory: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}/{self.task}/{self.method}/base{self.base}_seed{self.seed}"
+
+    @property
+    def report_file(self) -> Path:
+        return self.directory / "report.json"
+
+
+# -------------------------------------------------------------------------------------------------------------
+# the grid
+def _merge(base: dict, override: dict) -> dict:
+    """``override`` deep-merged over ``base``; an ``algorithm`` section replaces the template's whole (its fields
+    depend on the method)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "algorithm":
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _touched(override: dict, prefix: str = "") -> set[str]:
+    fields = set()
+    for key, value in override.items():
+        path = f"{prefix}{key}"
+        fields.add(path)
+        if isinstance(value, dict):
+            fields |= _touched(value, path + ".")
+    return fields
+
+
+def load_suite(path: Path) -> dict:
+    suite = yaml.safe_load(path.read_text())
+    check_protocol(suite)
+    return suite
+
+
+def check_protocol(suite: dict) -> None:
+    """Refuse a suite that breaks the protocol, naming the rule."""
+    p = suite["protocol"]
+    if len(set(p["bases"])) < 3:
+        raise ProtocolError(f"protocol.bases {p['bases']}: every task needs at least 3 bases (demo and BC seeds)")
+    if len(set(p["steer_seeds"])) < 2:
+        raise ProtocolError(f"protocol.steer_seeds {p['steer_seeds']}: every base needs at least 2 steering seeds")
+    if any(seed >= p["tuning_seed_min"] for seed in p["steer_seeds"]):
+        raise ProtocolError(f"protocol.steer_seeds {p['steer_seeds']} reach the tuning seeds (>= {p['tuning_seed_min']})")
+    for family, spec in suite["families"].items():
+        for method, override in spec["methods"].items():
+            touched = _touched(override) & FORBIDDEN_METHOD_FIELDS
+            if touched:
+                raise ProtocolError(f"{family}: method {method} sets {sorted(touched)}; budgets, envs, demonstrations "
+                                    "and bases are the task's, equal for every method")
+        for task, task_spec in spec["tasks"].items():
+            if not isinstance(task_spec.get("budget"), int) or task_spec["budget"] < 1:
+                raise ProtocolError(f"{family}/{task}: set budget, the env steps every method gets")
+    for run in plan(suite):
+        t = run.recipe["train"]
+        tuning = range(t.get("eval_seed", 1_000_000), t.get("eval_seed", 1_000_000) + t.get("eval_num_envs", 10))
+        reported = range(p["report_eval_seed"], p["report_eval_seed"] + p["report_episodes"])
+        if set(tuning) & set(reported) or reported.start < MAX_TRAINING_ENV_SEED:
+            raise ProtocolError(f"{run.name}: reported evaluation seeds {reported} meet the tuning seeds {tuning} or "
+                                "the training seeds (< 1e6)")
+
+
+def plan(suite: dict, only: list[str] | None = None, methods: list[str] | None = None) -> list[Run]:
+    """Every run of the grid, in order (task by task, then base, seed and method), filtered by task and method names."""
+    p, runs = suite["protocol"], []
+    out = ROOT / suite.get("output_dir", "benchmarks/suite_runs")
+    for family, spec in suite["families"].items():
+        for task, task_spec in spec["tasks"].items():
+            if only and task not in only and family not in only:
+                continue
+            template = yaml.safe_load((ROOT / task_spec["recipe"]).read_text())
+            template = _merge(template, {k: v for k, v in task_spec.items() if k not in ("recipe", "budget")})
+            # bases and seeds outermost: a grid stopped halfway has runs of every method on the same bases
+            for base, seed, (method, override) in itertools.product(p["bases"], p["steer_seeds"], spec["methods"].items()):
+                if methods and method not in methods:
+                    continue
+                directory = out / family / task / method / f"base{base}_seed{seed}"
+                recipe = _merge(_merge(template, override), {
+                    "name": f"{task}_{method}", "demos": {"seed": base}, "base": {"seed": base},
+                    "train": {"seed": seed, "total_env_steps": task_spec["budget"], "show_progress": False,
+                              "output_dir": str(directory / "train"), "cache_dir": str(out / "cache")}})
+                runs.append(Run(family, task, method, base, seed, recipe, directory))
+    return runs
+
+
+# -------------------------------------------------------------------------------------------------------------
+# one run
+def claim(run: Run) -> bool:
+    """Take the run's lock (a file holding our pid); a lock whose process is gone is taken over."""
+    run.directory.mkdir(parents=True, exist_ok=True)
+    lock = run.directory / "running.lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(lock.read_text() or 0), 0)
+            return False  # another suite process is on it
+        except (ProcessLookupError, ValueError):
+            lock.unlink(missing_ok=True)
+            return claim(run)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def saved_head_matches(trainer, head_dir: Path) -> bool:
+    """Whether the head written to ``head_dir`` holds exactly the trainer's acting modules (what is evaluated)."""
+    import torch
+
+    from vla_steer.lerobot_policy import ActingHead
+
+    saved = ActingHead.from_dir(head_dir).head_modules()
+    for name, module in trainer.algo.head_modules().items():
+        ours, theirs = module.state_dict(), saved[name].state_dict()
+        if ours.keys() != theirs.keys() or not all(torch.equal(ours[k].cpu(), theirs[k]) for k in ours):
+            return False
+    return True
+
+
+def execute(run: Run, protocol: dict) -> dict:
+    """Train (or resume) the run, then evaluate the saved head and its base on the reported seeds."""
+    import dataclasses
+
+    from vla_steer.config import recipe_from_dict
+    from vla_steer.training import SteeringTrainer
+    from vla_steer.training.evaluator import Evaluator
+
+    recipe = recipe_from_dict(run.recipe)
+    trainer = SteeringTrainer(recipe)
+    results = trainer.run()
+    if not saved_head_matches(trainer, Path(recipe.train.output_dir) / "head"):
+        raise RuntimeError(f"{run.name}: the saved head differs from the trained one; not evaluating")
+    episodes = protocol["report_episodes"]
+    train = dataclasses.replace(recipe.train, eval_episodes=episodes, eval_num_envs=min(episodes, recipe.train.eval_num_envs))
+    evaluator = Evaluator(dataclasses.replace(recipe, train=train), trainer.base, trainer.layout,
+                          seed=protocol["report_eval_seed"])
+    report = {"run": run.name, "family": run.family, "task": run.task, "method": run.method, "base_seed": run.base,
+              "steer_seed": run.seed, "budget": recipe.train.total_env_steps,
+              "reported_evaluation_seeds": [protocol["report_eval_seed"] + i for i in range(train.eval_num_envs)],
+              "reported_episodes": episodes}
+    for label, mode in (("base", "base"), ("steered", "policy")):
+        metrics = evaluator.evaluate(mode, trainer.algo)
+        successes = round(metrics["success_rate"] * metrics["episodes"])
+        report[label] = {**metrics, "successes": successes,
+                         "success_wilson95": wilson_interval(successes, int(metrics["episodes"]))}
+    report["training"] = {k: results[k] for k in ("env_steps", "updates", "wall_time_s", "base_policy",
+                                                  "evaluation_seeds", "training_env_seed", "git_commit", "versions",
+                                                  "hardware")}
+    report["recipe"] = recipe.to_dict()
+    tmp = run.report_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(run.report_file)
+    return report
+
+
+# -------------------------------------------------------------------------------------------------------------
+# RESULTS.md
+def _mean_sd_ci(values) -> str:
+    values = np.asarray(values, dtype=float)
+    low, high = t_interval(values)
+    return f"{values.mean():.2f} ± {sample_std(values):.2f} [{low:.2f}, {high:.2f}]"
+
+
+def write_results(suite: dict, path: Path) -> str:
+    reports = [json.loads(f.read_text()) for f in sorted((ROOT / suite.get("output_dir", "benchmarks/suite_runs")).rglob("report.json"))]
+    lines = ["# Results", "", "Generated by `python benchmarks/suite.py` under [the protocol](benchmarks/PROTOCOL.md): "
+             "reported seeds disjoint from training and tuning, the saved head evaluated. Cells: mean ± sample std "
+             "[95% t-interval] over runs (bases x steering seeds); lift = steered minus its own base, paired.", ""]
+    planned = plan(suite)
+    for family, spec in suite["families"].items():
+        lines += [f"## {spec.get('title', family)}", ""]
+        lines += ["| task | method | runs | env steps | base success | steered success | lift | steered return | "
+                  "entropy (nats) | drift |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for task in spec["tasks"]:
+            for method in spec["methods"]:
+                runs = [r for r in reports if r["task"] == task and r["method"] == method and r["family"] == family]
+                expected = sum(1 for r in planned if (r.family, r.task, r.method) == (family, task, method))
+                if not runs:
+                    lines.append(f"| {task} | {method} | 0 / {expected} | | | | | | | |")
+                    continue
+                get = lambda part, key: [r[part][key] for r in runs]  # noqa: E731
+                lift = np.subtract(get("steered", "success_rate"), get("base", "success_rate"))
+                lines.append(f"| {task} | {method} | {len(runs)} / {expected} | {runs[0]['budget']} | "
+                             f"{_mean_sd_ci(get('base', 'success_rate'))} | {_mean_sd_ci(get('steered', 'success_rate'))} | "
+                             f"{_mean_sd_ci(lift)} | {np.mean(get('steered', 'return_mean')):.1f} | "
+                             f"{np.mean(get('base', 'action_entropy')):.2f} -> {np.mean(get('steered', 'action_entropy')):.2f} | "
+                             f"{np.mean(get('steered', 'action_drift')):.3f} |")
+        lines.append("")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", type=Path, default=Path(__file__).parent / "suite.yaml")
+    parser.add_argument("--only", nargs="*", help="task or family names")
+    parser.add_argument("--methods", nargs="*")
+    parser.add_argument("--plan", action="store_true", help="list the runs and their state; run nothing")
+    parser.add_argument("--report", action="store_true", help="regenerate RESULTS.md only")
+    parser.add_argument("--results", type=Path, default=ROOT / "RESULTS.md")
+    args = parser.parse_args()
+    suite = load_suite(args.suite)
+    runs = plan(suite, args.only, args.methods)
+    if args.plan:
+        for run in runs:
+            state = "done" if run.report_file.exists() else ("running" if (run.directory / "running.lock").exists()
+                                                               else "started" if run.directory.exists() else "todo")
+            print(f"{state:8s} {run.name}")
+        return
+    if not args.report:
+        todo = [run for run in runs if not run.report_file.exists()]
+        for run in tqdm(todo, desc="suite", unit="run"):
+            if run.report_file.exists() or not claim(run):
+                continue
+            try:
+                report = execute(run, suite["protocol"])
+                tqdm.write(f"{run.name}: base {report['base']['success_rate']:.2f} -> "
+                           f"steered {report['steered']['success_rate']:.2f}")
+            finally:
+                (run.directory / "running.lock").unlink(missing_ok=True)
+    print(write_results(suite, args.results))
+
+
+if __name__ == "__main__":
+    main()

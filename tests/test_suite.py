@@ -1,0 +1,59 @@
+"""The evidence suite (benchmarks/suite.py) enforces benchmarks/PROTOCOL.md and produces a report per run from the
+saved head, on the reported seeds."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_recipe_dict
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import suite  # noqa: E402
+
+
+def tiny_suite(tmp_path: Path, **protocol) -> dict:
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tmp_path, train={"total_env_steps": 80})))
+    return {"output_dir": str(tmp_path / "runs"),
+            "protocol": {"bases": [0, 1, 2], "steer_seeds": [0, 1], "tuning_seed_min": 100,
+                         "report_eval_seed": 2_000_000, "report_episodes": 4, **protocol},
+            "families": {"lander": {"tasks": {"lander": {"recipe": str(recipe), "budget": 80}},
+                                    "methods": {"lpds": {"algorithm": {"name": "lpds", "batch_size": 32}}}}}}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["protocol"].update(bases=[0, 1]), "at least 3 bases"),
+    (lambda s: s["protocol"].update(steer_seeds=[0]), "at least 2 steering seeds"),
+    (lambda s: s["protocol"].update(steer_seeds=[0, 100]), "reach the tuning seeds"),
+    (lambda s: s["protocol"].update(report_eval_seed=1_000_001), "meet the tuning seeds"),
+    (lambda s: s["families"]["lander"]["methods"]["lpds"].update(train={"total_env_steps": 160}), "train.total_env_steps"),
+    (lambda s: s["families"]["lander"]["methods"]["lpds"].update(base={"hidden_dim": 64}), r"sets \['base'\]"),
+], ids=["two-bases", "one-seed", "tuning-seed", "eval-seeds-overlap", "method-budget", "method-base"])
+def test_a_grid_breaking_the_protocol_is_refused_naming_the_rule(tmp_path, change, message):
+    spec = tiny_suite(tmp_path)
+    change(spec)
+    with pytest.raises(suite.ProtocolError, match=message):
+        suite.check_protocol(spec)
+
+
+def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_seeds(tmp_path):
+    spec = tiny_suite(tmp_path)
+    suite.check_protocol(spec)
+    runs = suite.plan(spec)
+    assert [(r.base, r.seed) for r in runs] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]  # one method
+    assert len({json.dumps(r.recipe["demos"]) for r in runs}) == 3  # three demonstration sets, one per base
+    for run in runs[:3]:
+        assert suite.claim(run) and not suite.claim(run)  # a second suite process skips a claimed run
+        report = suite.execute(run, spec["protocol"])
+        (run.directory / "running.lock").unlink()
+        assert report["reported_evaluation_seeds"] == [2_000_000, 2_000_001] and report["budget"] == 80
+        assert report["training"]["evaluation_seeds"][0] == 1_000_000  # tuning seeds: not the reported ones
+        assert report["steered"]["episodes"] == 4 and 0 <= report["steered"]["success_wilson95"][0] <= 1
+        assert report["training"]["base_policy"]["fingerprint"] and report["training"]["hardware"]
+    bases = {run.base: json.loads(run.report_file.read_text())["training"]["base_policy"]["fingerprint"]["weights"]
+             for run in runs[:3]}
+    assert bases[0] != bases[1]  # another base, not the same one reused
+    text = suite.write_results(spec, tmp_path / "RESULTS.md")
+    assert "| lander | lpds | 3 / 6 | 80 |" in text
