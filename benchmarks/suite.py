@@ -226,20 +226,21 @@ def write_results(suite: dict, path: Path) -> str:
     planned = plan(suite)
     for family, spec in suite["families"].items():
         lines += [f"## {spec.get('title', family)}", ""]
-        lines += ["| task | method | runs | env steps | base success | steered success | lift | steered return | "
-                  "entropy (nats) | drift |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| task | method | runs | env steps | base success | steered success | lift | base return | "
+                  "steered return | entropy (nats) | drift |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for task in spec["tasks"]:
             for method in spec["methods"]:
                 runs = [r for r in reports if r["task"] == task and r["method"] == method and r["family"] == family]
                 expected = sum(1 for r in planned if (r.family, r.task, r.method) == (family, task, method))
                 if not runs:
-                    lines.append(f"| {task} | {method} | 0 / {expected} | | | | | | | |")
+                    lines.append(f"| {task} | {method} | 0 / {expected} | | | | | | | | |")
                     continue
                 get = lambda part, key: [r[part][key] for r in runs]  # noqa: E731
                 lift = np.subtract(get("steered", "success_rate"), get("base", "success_rate"))
                 lines.append(f"| {task} | {method} | {len(runs)} / {expected} | {runs[0]['budget']} | "
                              f"{_mean_sd_ci(get('base', 'success_rate'))} | {_mean_sd_ci(get('steered', 'success_rate'))} | "
-                             f"{_mean_sd_ci(lift)} | {np.mean(get('steered', 'return_mean')):.1f} | "
+                             f"{_mean_sd_ci(lift)} | {np.mean(get('base', 'return_mean')):.1f} | "
+                             f"{np.mean(get('steered', 'return_mean')):.1f} ± {sample_std(get('steered', 'return_mean')):.1f} | "
                              f"{np.mean(get('base', 'action_entropy')):.2f} -> {np.mean(get('steered', 'action_entropy')):.2f} | "
                              f"{np.mean(get('steered', 'action_drift')):.3f} |")
         lines.append("")

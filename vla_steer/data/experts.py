@@ -6,6 +6,7 @@ single (unchunked) environment, for experts that need simulator internals.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -63,8 +64,17 @@ def _fetch_expert(task: str) -> Expert:
     raise KeyError(task)
 
 
-def make_expert(env_id: str) -> Expert:
-    """The scripted expert for ``env_id``; raises ``ValueError`` listing the supported families."""
+LOCOMOTION = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5")  # PPO experts trained here (vla_steer.data.ppo_expert)
+
+
+def make_expert(env_id: str, cache_dir: str | Path = "~/.cache/vla_steer/experts", show_progress: bool = True) -> Expert:
+    """The expert for ``env_id``: scripted, or for locomotion a PPO expert trained here on first use and cached in
+    ``cache_dir``; raises ``ValueError`` listing the supported families."""
+    if env_id in LOCOMOTION:
+        from vla_steer.data.ppo_expert import ppo_expert
+
+        actor = ppo_expert(env_id, cache_dir, show_progress=show_progress)
+        return lambda obs, env: actor(obs)
     if env_id.startswith(METAWORLD_PREFIX):
         return _metaworld_expert(env_id[len(METAWORLD_PREFIX):])
     if env_id.startswith("LunarLanderContinuous"):
@@ -74,7 +84,8 @@ def make_expert(env_id: str) -> Expert:
     except KeyError:
         pass
     raise ValueError(
-        f"no scripted expert for {env_id!r}. Experts exist for 'metaworld/<task>-v3' (all 50 tasks), "
-        "'LunarLanderContinuous-v3', 'FetchReach-v4' and 'FetchPickAndPlace-v4'; otherwise point "
+        f"no expert for {env_id!r}. Experts exist for 'metaworld/<task>-v3' (all 50 tasks), "
+        f"'LunarLanderContinuous-v3', 'FetchReach-v4', 'FetchPickAndPlace-v4' and (PPO, trained here) {list(LOCOMOTION)}; "
+        "otherwise point "
         "`demos.dataset` at an existing LeRobotDataset."
     )
