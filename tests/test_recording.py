@@ -208,6 +208,58 @@ def test_interrupted_episode_write_is_detected(tmp_path):
         recorder(root, append=True)
 
 
+CUT_WRITE_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    from vla_steer.data import recording
+    rec = recording.RolloutRecorder(sys.argv[1], fps=10, action_dim=2, latent_dim=2, task="t",
+                                    observation_features={"observation.state": {"dtype": "float32", "shape": (3,)}})
+    frame = {"observation.state": np.zeros(3), "action": np.zeros(2), "latent": np.zeros(2), "reward": 0.0,
+             "success": False, "done": False, "chunk_row": 0}
+    for _ in range(int(sys.argv[2])):
+        rec.add_frames(0, [frame] * 4)
+        rec.end_episode(0)
+    # the next episode write dies after LeRobot wrote its files and metadata, before the footers (as kill -9 would)
+    rec.add_frames(0, [frame] * 5)
+    recording._begin_episode_write(rec.root)
+    for converted in rec._pending.pop(0):  # what end_episode does, minus the finalize
+        rec.dataset.add_frame(dict(converted))
+    rec.dataset.save_episode()
+    os._exit(0)
+""")
+
+
+@pytest.mark.parametrize("finished", [2, 0], ids=["after-two-episodes", "first-episode"])
+def test_an_episode_write_cut_short_is_rolled_back_and_recording_goes_on(tmp_path, finished):
+    root, script = tmp_path / "cut", tmp_path / "cut.py"
+    script.write_text(CUT_WRITE_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, str(script), str(root), str(finished)], env=env, check=True, timeout=300)
+    assert (root / ".vla_steer_episode_journal").is_dir()
+    spec = dict(fps=10, action_dim=2, latent_dim=2, task="t",
+                observation_features={"observation.state": {"dtype": "float32", "shape": (3,)}})
+    with RolloutRecorder(root, append=True, **spec) as rec:  # rolls the cut write back, then appends
+        rec.add_frames(0, [{"observation.state": np.full(3, 7.0), "action": np.zeros(2), "latent": np.zeros(2),
+                            "reward": 1.0, "success": False, "done": False, "chunk_row": 0}] * 3)
+        assert rec.end_episode(0) == finished
+    dataset = LeRobotDataset(repo_id="x/cut", root=root)
+    assert dataset.num_episodes == finished + 1 and len(dataset) == 4 * finished + 3
+    assert dataset[len(dataset) - 1]["observation.state"].tolist() == [7.0] * 3
+    assert not (root / ".vla_steer_episode_journal").exists()
+
+
+def test_a_recording_killed_before_its_first_episode_reopens(tmp_path):
+    spec = dict(fps=10, action_dim=2, latent_dim=2, task="t",
+                observation_features={"observation.state": {"dtype": "float32", "shape": (3,)}})
+    RolloutRecorder(tmp_path / "empty", **spec).close()  # created, no episode: LeRobot alone cannot reopen this
+    with RolloutRecorder(tmp_path / "empty", append=True, **spec) as rec:
+        rec.add_frames(0, [{"observation.state": np.zeros(3), "action": np.zeros(2), "latent": np.zeros(2),
+                            "reward": 0.0, "success": False, "done": False, "chunk_row": 0}] * 2)
+        assert rec.end_episode(0) == 0
+    assert LeRobotDataset(repo_id="x/empty", root=tmp_path / "empty").num_episodes == 1
+
+
 def test_refusals_and_frame_validation(tmp_path, caplog):
     foreign = tmp_path / "foreign"
     foreign.mkdir()

@@ -26,8 +26,9 @@ dataset's file size limit (``meta.update_chunk_settings(data_files_size_in_mb=..
 ``data/`` and ``meta/episodes/`` files for every episode, and calls ``finalize()`` after each ``save_episode()``.
 After a ``kill -9`` the dataset on disk holds every episode whose ``end_episode`` returned and loads with
 ``LeRobotDataset``; only episodes still in progress (held in memory) are lost, plus the episode being written if the
-kill lands inside ``end_episode`` itself (then ``append=True`` refuses the directory and says so). The price is two
-small parquet files per episode. ``close()`` puts LeRobot's default file size back in ``meta/info.json``.
+kill lands inside ``end_episode`` itself: each episode write is bracketed by a write-ahead snapshot of the metadata
+LeRobot rewrites (``.vla_steer_episode_journal``), and reopening with ``append=True`` rolls an interrupted write back
+to it. The price is two small parquet files per episode and three small copies per write. ``close()`` puts LeRobot's default file size back in ``meta/info.json``.
 """
 
 from __future__ import annotations
@@ -95,6 +96,55 @@ def _vector(key: str, value: Any, dtype: str, shape: tuple[int, ...]) -> np.ndar
         else:
             raise ValueError(f"{key}: expected shape {shape}, got {array.shape}")
     return array.astype(dtype, copy=False)
+
+
+# A write-ahead snapshot taken before every episode write and removed once the episode is on disk: a crash inside
+# the write leaves it, and reopening rolls the recording back to it (the episode being written is dropped).
+JOURNAL = ".vla_steer_episode_journal"
+_META_FILES = ("meta/info.json", "meta/stats.json", "meta/tasks.parquet")
+_EPISODE_FOLDERS = ("data", "meta/episodes")
+
+
+def _parquet_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for folder in _EPISODE_FOLDERS for p in (root / folder).rglob("*.parquet"))
+
+
+def _begin_episode_write(root: Path) -> None:
+    """Snapshot the metadata LeRobot rewrites and the list of episode files, then commit it with one rename."""
+    tmp = root / f"{JOURNAL}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    present = [name for name in _META_FILES if (root / name).is_file()]
+    for name in present:
+        shutil.copyfile(root / name, tmp / name.replace("/", "__"))
+    (tmp / "state.json").write_text(json.dumps({"meta": present, "files": _parquet_files(root)}))
+    shutil.rmtree(root / JOURNAL, ignore_errors=True)
+    tmp.rename(root / JOURNAL)
+
+
+def _end_episode_write(root: Path) -> None:
+    shutil.rmtree(root / JOURNAL, ignore_errors=True)
+
+
+def _roll_back_interrupted_write(root: Path) -> bool:
+    """Undo an episode write a crash cut short: remove the files it added, restore the metadata it rewrote.
+    Returns whether there was one to undo."""
+    shutil.rmtree(root / f"{JOURNAL}.tmp", ignore_errors=True)  # a snapshot never committed: nothing was written
+    journal = root / JOURNAL
+    if not (journal / "state.json").is_file():
+        shutil.rmtree(journal, ignore_errors=True)
+        return False
+    state = json.loads((journal / "state.json").read_text())
+    for name in set(_parquet_files(root)) - set(state["files"]):
+        (root / name).unlink()
+    for name in _META_FILES:
+        if name in state["meta"]:
+            shutil.copyfile(journal / name.replace("/", "__"), root / f"{name}.restoring")
+            (root / f"{name}.restoring").replace(root / name)
+        else:
+            (root / name).unlink(missing_ok=True)
+    shutil.rmtree(journal)
+    return True
 
 
 def _check_consistent(root: Path) -> None:
@@ -176,12 +226,15 @@ class RolloutRecorder:
             written = json.loads(marker.read_text())
             if written != spec:
                 raise ValueError(f"{self.root} was recorded with {written}, which differs from this recorder's {spec}")
+            if _roll_back_interrupted_write(self.root):
+                logger.warning("%s: an episode write was interrupted (a crash); it was rolled back", self.root)
             _check_consistent(self.root)
             shutil.rmtree(self.root / "images", ignore_errors=True)  # temporary PNGs of an episode cut short
+        if marker.is_file() and json.loads((self.root / "meta" / "info.json").read_text())["total_episodes"] > 0:
             self.dataset = LeRobotDataset(repo_id=self.repo_id, root=self.root)
-        else:
+        else:  # new, empty, or a recording that never got its first episode (LeRobot cannot reopen that one)
             if self.root.exists():
-                self.root.rmdir()  # empty; LeRobot creates the directory itself
+                shutil.rmtree(self.root) if marker.is_file() else self.root.rmdir()  # LeRobot creates it itself
             self.dataset = LeRobotDataset.create(repo_id=self.repo_id, fps=int(fps), features=self.features,
                                                  root=self.root, use_videos=False)
             tmp = marker.with_suffix(".tmp")
@@ -265,6 +318,7 @@ class RolloutRecorder:
         if not frames:
             return None
         episode_index = self.dataset.meta.total_episodes
+        _begin_episode_write(self.root)
         try:
             for frame in frames:
                 self.dataset.add_frame(dict(frame))  # add_frame pops "task" from the dict it gets
@@ -272,8 +326,10 @@ class RolloutRecorder:
         except BaseException:
             if self.dataset.episode_buffer is not None and self.dataset.episode_buffer["size"]:
                 self.dataset.clear_episode_buffer()
+            self.close()  # the files are rolled back when the recording is reopened
             raise
         self.dataset.finalize()  # footers written: everything up to this episode loads after a crash
+        _end_episode_write(self.root)
         return episode_index
 
     def discard_episode(self, env_index: int) -> int:

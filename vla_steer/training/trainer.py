@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -62,6 +63,7 @@ class SteeringTrainer:
         self.resume_from = self.checkpoint_to_resume() if t.resume else None
         if self.resume_from is not None:
             self._refuse_changed_recipe(self.resume_from)
+            self.resume_from = self._promote_to_last(self.resume_from)
         set_seed(t.seed)  # same on every process: identical head / critic initialisation
         if base is None:
             base = build_base(recipe, acc, show_progress=t.show_progress)
@@ -204,10 +206,12 @@ class SteeringTrainer:
         ``last.tmp`` (fully written before any rename) or ``last.old`` (the one before). ``None`` when there is none;
         an incomplete ``last`` with nothing to fall back on is an error, never a silent restart."""
         last = self.checkpoint_dir
-        rank_files = [f"buffer_rank{r}.json" for r in range(self.accelerator.num_processes)]
+        parts = ["algorithm", "optimizers"] + [f"{part}_rank{r}" for r in range(self.accelerator.num_processes)
+                                               for part in ("buffer", "rng")]
+        files = ["trainer_state.json"] + [f"{part}.{ext}" for part in parts for ext in ("json", "safetensors")]
 
-        def complete(directory: Path) -> bool:
-            return all((directory / name).is_file() for name in ("trainer_state.json", *rank_files))
+        def complete(directory: Path) -> bool:  # every file: they are moved in one by one when a checkpoint is written
+            return all((directory / name).is_file() for name in files)
 
         for candidate in (last, last.with_name(last.name + ".tmp"), last.with_name(last.name + ".old")):
             if complete(candidate):
@@ -219,6 +223,21 @@ class SteeringTrainer:
             raise FileNotFoundError(f"the checkpoint {last} is incomplete (no trainer_state.json or a buffer file) and no "
                                     "earlier one survives: set train.resume=false to start over, or another output_dir")
         return None
+
+    def _promote_to_last(self, directory: Path) -> Path:
+        """A fallback checkpoint (``last.tmp`` / ``last.old``) becomes ``last`` before anything else is written: the next
+        checkpoint write would delete it before its own ``last`` exists, and a crash then would lose it. An
+        incomplete ``last`` is kept aside as ``last.incomplete`` for inspection."""
+        last = self.checkpoint_dir
+        self.accelerator.wait_for_everyone()  # every process has chosen before anything is renamed
+        if directory != last and self.accelerator.is_main_process:
+            if last.exists():
+                aside = last.with_name(last.name + ".incomplete")
+                shutil.rmtree(aside, ignore_errors=True)
+                last.rename(aside)
+            directory.rename(last)
+        self.accelerator.wait_for_everyone()
+        return last
 
     @staticmethod
     def _trainer_state(directory: Path) -> dict:
@@ -260,8 +279,11 @@ class SteeringTrainer:
         path = self.output_dir / "metrics.jsonl"
         if not path.exists():
             return
+        # a checkpoint written with its iteration's updates pending precedes that iteration's update and eval records,
+        # which the resumed run writes again
+        last_kept = self.iteration - 1 if self._updates_pending else self.iteration
         kept = [line for line in path.read_text().splitlines()
-                if resumed and line.strip() and json.loads(line).get("iteration", 0) <= self.iteration]
+                if resumed and line.strip() and json.loads(line).get("iteration", 0) <= last_kept]
         path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, record: dict) -> None:
