@@ -39,7 +39,6 @@ import dataclasses
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -314,19 +313,9 @@ def run_phase_subprocess(phase: str) -> dict:
 
 
 def versions() -> dict:
-    import lerobot
-    import transformers
+    from vla_steer.provenance import hardware, package_versions
 
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "lerobot": getattr(lerobot, "__version__", "?"), "platform": platform.platform(), "cpu": cpu,
-            "cpu_count": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return {**package_versions(), **hardware()}
 
 
 def print_table(result: dict) -> None:

@@ -124,8 +124,6 @@ def test_nan_from_env_stops_training_with_clear_error(tiny_recipe, where):
 
 
 def test_resume_survives_a_crash_between_the_checkpoint_renames_and_never_silently_restarts(tiny_recipe, tmp_path, capsys):
-    import shutil
-
     cfg = tiny_recipe(train={"total_env_steps": 160, "checkpoint_every": 40})
     SteeringTrainer(recipe_from_dict(cfg)).run()
     checkpoints = Path(cfg["train"]["output_dir"]) / "checkpoints"

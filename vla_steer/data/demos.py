@@ -20,26 +20,18 @@ import torch
 from tqdm.auto import tqdm
 
 from vla_steer.data.experts import make_expert
+from vla_steer.provenance import package_versions
 from vla_steer.envs.registry import IMAGE_KEY, STATE_KEY, make_env, task_description
 
 COMPLETE_MARKER = "vla_steer_complete.json"
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("mujoco", "metaworld", "gymnasium", "gymnasium-robotics", "lerobot"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+SIMULATOR_PACKAGES = ("mujoco", "metaworld", "gymnasium", "gymnasium-robotics", "lerobot")  # what shapes the demos
 
 
 def demo_cache_key(spec: dict) -> str:
     # format 2: frames carry next.done
-    payload = json.dumps({**spec, "versions": _versions(), "format": 2}, sort_keys=True)
+    payload = json.dumps({**spec, "versions": package_versions(SIMULATOR_PACKAGES), "format": 2}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -183,7 +175,7 @@ def _record(root: Path, spec: dict, env, features: dict, frame_of, expert_action
         progress.close()
         env.close()
     (tmp_root / COMPLETE_MARKER).write_text(json.dumps(
-        {**spec, "versions": _versions(), "expert_success_rate": successes / attempts, "episodes": kept}, indent=2))
+        {**spec, "versions": package_versions(SIMULATOR_PACKAGES), "expert_success_rate": successes / attempts, "episodes": kept}, indent=2))
     shutil.rmtree(root, ignore_errors=True)
     tmp_root.rename(root)
     return root

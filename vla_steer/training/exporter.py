@@ -9,12 +9,10 @@ and how it did (base and steered metrics per evaluation, on the evaluation seeds
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
+from vla_steer.provenance import hardware, package_versions
 
 
 def run_provenance(trainer) -> dict:
@@ -28,10 +26,8 @@ def run_provenance(trainer) -> dict:
         "evaluation_seeds": [t.eval_seed + i for i in range(min(t.eval_num_envs, t.eval_episodes))],
         "training_env_seed": trainer.env_seed,
         "git_commit": trainer.git_commit,  # read when the run started: the code the process runs
-        "versions": versions(),
-        "hardware": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                     "num_processes": trainer.accelerator.num_processes, "torch_threads": torch.get_num_threads()},
+        "versions": package_versions(),
+        "hardware": {**hardware(), "num_processes": trainer.accelerator.num_processes},
     }
 
 
@@ -69,30 +65,3 @@ def save_head(trainer, directory: Path) -> Path:
         "feature_dim": trainer.adapter.feature_dim, "adapter": trainer.adapter.family,
         "env": recipe.env.id or recipe.env.type, "base_fingerprint": base_fingerprint(trainer.adapter)}
     return write_head(directory, {**algo.head_modules(), "critic": latent_critic(algo)}, head_config)
-
-
-def git_commit() -> str | None:
-    """The commit of the vla_steer checkout this runs from, with ``+dirty`` when it has uncommitted changes."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return commit.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("vla_steer", "torch", "lerobot", "transformers", "accelerate", "mujoco", "metaworld", "gymnasium",
-                "gymnasium-robotics", "gym-pusht"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out

@@ -32,7 +32,8 @@ from vla_steer.files import write_atomically
 from vla_steer.training import checkpoint as ckpt
 from vla_steer.training.collector import Collector
 from vla_steer.training.evaluator import Evaluator
-from vla_steer.training.exporter import export_run, git_commit
+from vla_steer.provenance import git_commit
+from vla_steer.training.exporter import export_run
 from vla_steer.training.learner import Learner
 
 
