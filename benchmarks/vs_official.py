@@ -1,0 +1,213 @@
+"""DSRL-SAC as vla-steer runs it against the official DSRL code's design, side by side in one process, one thread.
+
+The official design (github.com/ajwagen/dsrl, ``DiffusionPolicyEnvWrapper``) is Stable-Baselines3's SAC around a
+vector-env wrapper whose action is the base policy's initial noise: it decodes every env's noise in one batch with the
+frozen base and executes the chunks. (Its double-decode bug, DSRL issue #6, is not reproduced.)
+Here both learners get the same task, base, vectorised envs, UTD, batch size, network widths, warm-up and env-step
+budget, and both are scored by the same evaluator (vla_steer's, on the same start states) every ``--eval-every`` env
+steps. Reported per seed: env steps/s and updates/s while training (evaluation time excluded), and the training
+wall time until the evaluated success first reaches ``--target``.
+
+    python benchmarks/vs_official.py recipes/metaworld_push_dsrl_sac.yaml --seeds 0 1 2 --target 0.5
+
+Known differences, kept because they are the official design's: SB3's MLPs have no LayerNorm (vla_steer's critics
+do); SB3's warm-up draws uniform latents in the box, vla_steer's draws the prior N(0, I), clipped. The SB3 learner
+observes the same features the vla_steer head reads (the base's normalised observation), so both see the same input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from vla_steer.config import load_recipe
+from vla_steer.provenance import git_commit, hardware, package_versions
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def noise_action_vec_env(recipe, base, layout, seed: int):
+    """The official design's ``DiffusionPolicyEnvWrapper``: an SB3 ``VecEnvWrapper``-like vector env whose action is
+    the latent of every env; ``step`` decodes all chunks in one batch with the frozen base and executes them (reward
+    summed over the chunk). Observations are the head's features. Timeouts are marked ``TimeLimit.truncated`` so SB3
+    bootstraps them, as vla_steer does (the official wrapper does not: research notes, DSRL section)."""
+    from stable_baselines3.common.vec_env import VecEnv
+
+    from vla_steer.training.collector import Collector, step_info, with_final_observations
+
+    class NoiseActionVecEnv(VecEnv):
+        def __init__(self):
+            self.collector = Collector(recipe, base, layout, seed)
+            bound = recipe.head.bound
+            super().__init__(recipe.env.num_envs,
+                             gym.spaces.Box(-np.inf, np.inf, (base.adapter.feature_dim,), np.float32),
+                             gym.spaces.Box(-bound, bound, (layout.latent_dim,), np.float32))
+            self.env_steps, self._resets, self._latent = 0, 0, None
+
+        def _features(self, context) -> np.ndarray:
+            return context.features.float().cpu().numpy()
+
+        def reset(self):
+            self.collector.reset(self._resets)
+            self._resets += 1
+            return self._features(self.collector.context)
+
+        def step_async(self, actions):
+            self._latent = torch.as_tensor(np.asarray(actions, np.float32), device=self.collector.adapter.device)
+
+        def step_wait(self):
+            c = self.collector
+            _, env_actions = c.env_actions(c.context, self._latent)
+            obs, reward, terminated, truncated, info = c.envs.step(env_actions)
+            done = terminated | truncated
+            self.env_steps += int(step_info(info, done, "chunk_steps").sum())
+            infos = [{} for _ in range(self.num_envs)]
+            if done.any():
+                final = self._features(c.encode(with_final_observations(obs, info, done)))
+                for i in np.nonzero(done)[0]:
+                    infos[i] = {"terminal_observation": final[i], "TimeLimit.truncated": bool(truncated[i] and not terminated[i])}
+            c.context = c.encode(obs)
+            return self._features(c.context), reward.astype(np.float32), done, infos
+
+        def close(self):
+            self.collector.close()
+
+        def get_attr(self, attr_name, indices=None):
+            return [None] * self.num_envs
+
+        def set_attr(self, attr_name, value, indices=None):
+            pass
+
+        def env_method(self, method_name, *args, indices=None, **kwargs):
+            return [None] * self.num_envs
+
+        def env_is_wrapped(self, wrapper_class, indices=None):
+            return [False] * self.num_envs
+
+    return NoiseActionVecEnv()
+
+
+class SB3Head:
+    """SB3's actor behind vla_steer's acting interface, so the same evaluator scores it."""
+
+    def __init__(self, model, bound: float):
+        self.model, self.bound = model, bound
+
+    @torch.no_grad()
+    def act(self, features: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        squashed = self.model.policy.actor(features.float(), deterministic=deterministic)  # in [-1, 1]
+        return self.bound * squashed
+
+
+def run_official(recipe, base, layout, seed: int, eval_every: int, evaluate) -> dict:
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    t, a, h = recipe.train, recipe.algorithm, recipe.head
+    chunk = base.adapter.n_action_steps
+    envs = noise_action_vec_env(recipe, base, layout, seed * 10_000)
+    model = SAC("MlpPolicy", envs, learning_rate=a.critic_lr, buffer_size=t.buffer_size, batch_size=a.batch_size,
+                tau=a.tau, gamma=a.gamma, train_freq=1, gradient_steps=a.utd * recipe.env.num_envs,
+                learning_starts=t.warmup_env_steps // chunk, ent_coef="auto", target_entropy=0.0, seed=seed,
+                policy_kwargs={"net_arch": [h.hidden_dim] * h.num_layers, "n_critics": h.num_critics}, device="cpu")
+    curve, clock = [], {"train": 0.0, "start": time.perf_counter(), "next_eval": eval_every}
+
+    class Evaluate(BaseCallback):
+        def _on_step(self) -> bool:
+            steps = envs.env_steps
+            if steps >= clock["next_eval"]:
+                clock["train"] += time.perf_counter() - clock["start"]
+                curve.append({"env_steps": steps, "train_seconds": clock["train"], "updates": model._n_updates,
+                              **evaluate(SB3Head(model, h.bound))})
+                clock["next_eval"] += eval_every
+                clock["start"] = time.perf_counter()
+            return steps < t.total_env_steps
+
+    model.learn(total_timesteps=10 ** 9, callback=Evaluate())
+    envs.close()
+    return {"curve": curve, "env_steps": envs.env_steps, "updates": model._n_updates}
+
+
+def run_vla_steer(recipe, seed: int, eval_every: int, evaluate_with) -> dict:
+    from vla_steer.training import SteeringTrainer
+
+    trainer = SteeringTrainer(recipe, base=evaluate_with["base"])
+    trainer._start()  # evaluates the base once: before the clock starts
+    curve, clock = [], {"train": 0.0, "start": time.perf_counter(), "next_eval": eval_every}
+    while trainer.iteration < trainer.total_iterations:
+        trainer.collect(warm=trainer.iteration < trainer.warmup_iterations)
+        trainer.iteration += 1
+        if trainer.iteration >= trainer.warmup_iterations:
+            for _ in range(recipe.algorithm.utd * recipe.env.num_envs):
+                trainer.learner.update()
+        if trainer.env_steps >= clock["next_eval"]:
+            clock["train"] += time.perf_counter() - clock["start"]
+            curve.append({"env_steps": trainer.env_steps, "train_seconds": clock["train"], "updates": trainer.updates,
+                          **evaluate_with["evaluate"](trainer.algo)})
+            clock["next_eval"] += eval_every
+            clock["start"] = time.perf_counter()
+    trainer.collector.close()
+    return {"curve": curve, "env_steps": trainer.env_steps, "updates": trainer.updates}
+
+
+def summarize(run: dict, target: float) -> dict:
+    curve = run["curve"]
+    hit = next((point for point in curve if point["success_rate"] >= target), None)
+    train_seconds = curve[-1]["train_seconds"] if curve else float("nan")
+    return {"env_steps_per_s": run["env_steps"] / train_seconds, "updates_per_s": run["updates"] / train_seconds,
+            "seconds_to_target": hit["train_seconds"] if hit else None,
+            "env_steps_to_target": hit["env_steps"] if hit else None,
+            "final_success": curve[-1]["success_rate"] if curve else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--target", type=float, default=0.5, help="success rate whose first reach is timed")
+    parser.add_argument("--eval-every", type=int, default=2000, help="env steps between evaluations")
+    parser.add_argument("--eval-episodes", type=int, default=20)
+    parser.add_argument("--output", type=Path, default=RESULTS / "vs_official.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from accelerate import Accelerator
+
+    from vla_steer.adapters.base import LatentLayout
+    from vla_steer.pipeline import build_base
+    from vla_steer.training.evaluator import Evaluator
+
+    results = {"recipe": args.recipe, "overrides": args.overrides, "target": args.target, "runs": [],
+               "git_commit": git_commit(), "versions": package_versions(), "hardware": hardware()}
+    for seed in args.seeds:
+        recipe = load_recipe(args.recipe, [*args.overrides, f"train.seed={seed}", "algorithm.name=dsrl_sac",
+                                           "algorithm.backup_entropy=true", "algorithm.target_entropy=0.0",
+                                           f"train.eval_episodes={args.eval_episodes}", "train.show_progress=false",
+                                           f"train.output_dir=runs/vs_official/seed{seed}", "train.resume=false"])
+        base = build_base(recipe, Accelerator(cpu=True), show_progress=False)
+        layout = LatentLayout(recipe.head.latent_layout, base.adapter.noise_shape)
+        evaluator = Evaluator(recipe, base, layout, seed=recipe.train.eval_seed)
+        evaluate = lambda head: evaluator.evaluate("policy", head)  # noqa: E731
+        for design, run in (("official (SB3 SAC + noise-action wrapper)",
+                             lambda: run_official(recipe, base, layout, seed, args.eval_every, evaluate)),
+                            ("vla_steer dsrl_sac",
+                             lambda: run_vla_steer(recipe, seed, args.eval_every, {"base": base, "evaluate": evaluate}))):
+            torch.manual_seed(seed)
+            outcome = run()
+            results["runs"].append({"design": design, "seed": seed, **summarize(outcome, args.target), **outcome})
+            print(f"seed {seed} {design}: {json.dumps(summarize(outcome, args.target))}", flush=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2))
+    print(f"results: {args.output}")
+
+
+if __name__ == "__main__":
+    main()
