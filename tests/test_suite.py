@@ -57,3 +57,6 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     assert bases[0] != bases[1]  # another base, not the same one reused
     text = suite.write_results(spec, tmp_path / "RESULTS.md")
     assert "| lander | lpds | 3 / 6 | 80 |" in text
+    for figure in ("lander_lander.png", "lander_lander_trust_region.png"):  # learning curves, LP-DS's dynamics
+        assert (tmp_path / "benchmarks" / "suite_results" / figure).stat().st_size > 10_000
+        assert f"(benchmarks/suite_results/{figure})" in text

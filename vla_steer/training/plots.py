@@ -77,3 +77,38 @@ def plot_seed_comparison(runs_by_method: dict[str, list[dict]], path: str | Path
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_update_windows(records_by_method: dict[str, list[list[dict]]], path: str | Path, keys: list[str],
+                        title: str = "") -> Path:
+    """Update metrics logged every window (metrics.jsonl ``"update"`` records), mean over runs per method, one panel
+    per key (e.g. LP-DS's ``train/delta_sq``, ``train/multiplier``, ``train/violation``).
+
+    ``records_by_method``: method name -> one list of update records per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.7 * len(keys), 3.6), squeeze=False)
+    for method, runs in sorted(records_by_method.items()):
+        runs = [[r for r in run if all(k in r for k in keys)] for run in runs]
+        n = min((len(run) for run in runs), default=0)
+        if n == 0:
+            continue
+        steps = np.mean([[r["env_steps"] for r in run[:n]] for run in runs], axis=0)
+        for ax, key in zip(axes[0], keys):
+            ax.plot(steps, np.mean([[r[key] for r in run[:n]] for run in runs], axis=0), label=f"{method} ({len(runs)} runs)")
+            _env_steps_axis(ax)
+            ax.set_ylabel(key.removeprefix("train/"))
+            ax.grid(alpha=0.3)
+    for ax in axes[0]:  # these span orders of magnitude across methods (a constrained residual vs a free one)
+        ax.set_yscale("symlog", linthresh=1e-2)
+    axes[0][0].legend(loc="best", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
