@@ -5,7 +5,9 @@
 Fills one replay buffer with prior-noise rollouts, then times ``--updates`` updates of every algorithm
 on it, interleaving the algorithms in rounds so that load from other jobs hits them alike. Reported as
 updates/s and as a ratio to DSRL-SAC (the cheapest: it never decodes during an update); only the ratios
-are meant to carry over to another machine. Writes ``benchmarks/results/update_speed.json``.
+are meant to carry over to another machine. Also the arithmetic: GFLOP per update (torch's FlopCounterMode) times
+updates/s, against this thread's fp32 matmul rate at the update's sizes, measured in the same run.
+Writes ``benchmarks/results/update_speed.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,33 @@ VARIANTS = {  # name -> algorithm overrides
     "lpds (action critic)": {"name": "lpds", "critic": "action"},
     "lpds (latent critic)": {"name": "lpds", "critic": "latent"},
 }
+
+
+def update_flops(algo, batch) -> int:
+    """Floating-point operations of one update (forward and backward; torch's FlopCounterMode counts matmuls,
+    convolutions and attention, the bulk of the work). The update runs on a copy: the algorithm is not changed."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        copy.deepcopy(algo).update(batch)
+    return counter.get_total_flops()
+
+
+def matmul_peak_gflops(batch: int, width: int, seconds: float = 2.0) -> float:
+    """This thread's fp32 matmul rate at the update's sizes ([batch, width] x [width, width]), the ceiling the
+    update's arithmetic can reach here."""
+    a, b = torch.randn(batch, width), torch.randn(width, width)
+    for _ in range(10):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(50):
+            a @ b
+        count += 50
+    return 2 * batch * width * width * count / (time.perf_counter() - start) / 1e9
 
 
 def main() -> None:
@@ -68,17 +97,27 @@ def main() -> None:
 
     timed = per_round * args.rounds
     rates = {name: timed / s for name, s in seconds.items()}
+    batch = trainer.buffer.sample(recipe.algorithm.batch_size, generator)
+    flops = {name: update_flops(algo, batch) for name, algo in algorithms.items()}
+    peak = matmul_peak_gflops(recipe.algorithm.batch_size, recipe.head.hidden_dim)
     result = {
         "recipe": args.recipe, "overrides": args.overrides, "batch_size": recipe.algorithm.batch_size,
         "base": {"type": recipe.base.type, "hidden_dim": recipe.base.hidden_dim, "num_inference_steps": recipe.base.num_inference_steps},
         "torch_threads": torch.get_num_threads(), "updates_timed": timed,
         "updates_per_s": rates, "ratio_to_dsrl_sac": {name: rate / rates["dsrl_sac"] for name, rate in rates.items()},
+        "gflop_per_update": {name: f / 1e9 for name, f in flops.items()},
+        "achieved_gflop_per_s": {name: flops[name] * rates[name] / 1e9 for name in rates},
+        "matmul_peak_gflop_per_s": peak,
+        "fraction_of_peak": {name: flops[name] * rates[name] / 1e9 / peak for name in rates},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "update_speed.json").write_text(json.dumps(result, indent=2))
     width = max(map(len, rates))
     for name, rate in rates.items():
-        print(f"{name:<{width}}  {rate:7.1f} updates/s   x{rate / rates['dsrl_sac']:.2f} of dsrl_sac")
+        achieved = result["achieved_gflop_per_s"][name]
+        print(f"{name:<{width}}  {rate:7.1f} updates/s   x{rate / rates['dsrl_sac']:.2f} of dsrl_sac   "
+              f"{flops[name] / 1e9:.2f} GFLOP/update = {achieved:.1f} GFLOP/s ({achieved / peak:.0%} of the "
+              f"{peak:.1f} GFLOP/s matmul peak)")
     print(f"{timed} timed updates each -> {RESULTS / 'update_speed.json'}")
 
 
