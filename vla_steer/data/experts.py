@@ -64,6 +64,29 @@ def _fetch_expert(task: str) -> Expert:
     raise KeyError(task)
 
 
+def _robosuite_lift_expert() -> Expert:
+    """A geometric controller for robosuite Lift (OSC_POSE delta actions: position error x 10, clipped): above the
+    cube, down to it, close, lift. Stateless: the phase is read from where the gripper, its fingers and the cube are."""
+
+    def act(obs, env):
+        o = env.unwrapped.observations
+        eef, cube = o["robot0_eef_pos"], o["cube_pos"]
+        to_cube = cube - eef
+        fingers_closed = float(np.sum(np.abs(o["robot0_gripper_qpos"]))) < 0.065  # open ~0.078, on the cube ~0.059
+        action = np.zeros(7, np.float32)
+        if fingers_closed and np.linalg.norm(to_cube) < 0.03:  # holding it: lift
+            action[:3], action[6] = [0.0, 0.0, 1.0], 1.0
+        elif np.linalg.norm(to_cube[:2]) > 0.01:  # line up above the cube, fingers open
+            action[:3], action[6] = 10.0 * (to_cube + np.array([0.0, 0.0, 0.05])), -1.0
+        elif to_cube[2] < -0.01:  # straight down onto it
+            action[:3], action[6] = 10.0 * to_cube, -1.0
+        else:  # at the cube: close the fingers
+            action[6] = 1.0
+        return np.clip(action, -1.0, 1.0)
+
+    return act
+
+
 LOCOMOTION = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5")  # PPO experts trained here (vla_steer.data.ppo_expert)
 
 
@@ -77,6 +100,8 @@ def make_expert(env_id: str, cache_dir: str | Path = "~/.cache/vla_steer/experts
         return lambda obs, env: actor(obs)
     if env_id.startswith(METAWORLD_PREFIX):
         return _metaworld_expert(env_id[len(METAWORLD_PREFIX):])
+    if env_id == "robosuite/Lift-v0":
+        return _robosuite_lift_expert()
     if env_id.startswith("LunarLanderContinuous"):
         return _lunar_lander_expert()
     try:
@@ -85,7 +110,8 @@ def make_expert(env_id: str, cache_dir: str | Path = "~/.cache/vla_steer/experts
         pass
     raise ValueError(
         f"no expert for {env_id!r}. Experts exist for 'metaworld/<task>-v3' (all 50 tasks), "
-        f"'LunarLanderContinuous-v3', 'FetchReach-v4', 'FetchPickAndPlace-v4' and (PPO, trained here) {list(LOCOMOTION)}; "
+        f"'LunarLanderContinuous-v3', 'FetchReach-v4', 'FetchPickAndPlace-v4', 'robosuite/Lift-v0' and (PPO, trained "
+        f"here) {list(LOCOMOTION)}; "
         "otherwise point "
         "`demos.dataset` at an existing LeRobotDataset."
     )

@@ -51,13 +51,17 @@ def _metaworld_tasks() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1)
-def _register_optional_families() -> None:
+def _register_optional_families(env_id: str = "") -> None:
     try:  # registers Fetch / Adroit / ... with gymnasium
         import gymnasium_robotics
 
         gym.register_envs(gymnasium_robotics)
     except ImportError:
         pass
+    if env_id.startswith("robosuite/"):  # robosuite is slow to import: only when asked for
+        from vla_steer.envs.robosuite_env import register
+
+        register()
 
 
 def validate_env_id(env_id: str) -> None:
@@ -73,12 +77,13 @@ def validate_env_id(env_id: str) -> None:
                 + f" Tasks look like 'metaworld/push-v3' ({len(tasks)} available)."
             )
         return
-    _register_optional_families()
+    _register_optional_families(env_id)
     if env_id not in gym.registry:
         close = difflib.get_close_matches(env_id, list(gym.registry) + [METAWORLD_PREFIX + t for t in _metaworld_tasks()], n=3)
         raise ValueError(
             f"unknown env id {env_id!r}" + (f"; did you mean {close}?" if close else "")
-            + " Use a gymnasium id (e.g. 'LunarLanderContinuous-v3', 'FetchPush-v4') or 'metaworld/<task>-v3'."
+            + " Use a gymnasium id (e.g. 'LunarLanderContinuous-v3', 'FetchPush-v4'), 'metaworld/<task>-v3' or, with "
+            "the robosuite extra installed, 'robosuite/Lift-v0' / 'robosuite/PickPlaceCan-v0'."
         )
 
 
