@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import itertools
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +36,9 @@ from intervals import sample_std, t_interval, wilson_interval  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN_METHOD_FIELDS = {"env", "demos", "base", "train.total_env_steps", "train.warmup_env_steps", "train.seed",
                            "train.eval_seed", "train.output_dir"}
-MAX_TRAINING_ENV_SEED = 1_000_000  # training env seeds are seed * 10_000 + process * 1_000 + i (trainer.py)
+# Training env seeds: seed * 10_000 + process * 1_000 + i at the start, seed * 10_000 + iteration * 100 + i when a
+# resumed run resets its envs (Collector.reset). They must stay below the evaluation seeds (1e6 and up).
+MAX_TRAINING_ENV_SEED = 1_000_000
 
 
 class ProtocolError(ValueError):
@@ -109,7 +113,12 @@ def check_protocol(suite: dict) -> None:
             if not isinstance(task_spec.get("budget"), int) or task_spec["budget"] < 1:
                 raise ProtocolError(f"{family}/{task}: set budget, the env steps every method gets")
     for run in plan(suite):
-        t = run.recipe["train"]
+        t, e, b = run.recipe["train"], run.recipe.get("env", {}), run.recipe.get("base", {})
+        iterations = t["total_env_steps"] // (e.get("num_envs", 4) * b.get("n_action_steps", 4)) + 1
+        highest = t["seed"] * 10_000 + iterations * 100 + e.get("num_envs", 4)
+        if highest >= MAX_TRAINING_ENV_SEED:
+            raise ProtocolError(f"{run.name}: resumed training envs would be seeded up to {highest}, into the "
+                                "evaluation seeds (>= 1e6); use fewer iterations or lower steering seeds")
         tuning = range(t.get("eval_seed", 1_000_000), t.get("eval_seed", 1_000_000) + t.get("eval_num_envs", 10))
         reported = range(p["report_eval_seed"], p["report_eval_seed"] + p["report_episodes"])
         if set(tuning) & set(reported) or reported.start < MAX_TRAINING_ENV_SEED:
@@ -135,6 +144,7 @@ def plan(suite: dict, only: list[str] | None = None, methods: list[str] | None =
                 recipe = _merge(_merge(template, override), {
                     "name": f"{task}_{method}", "demos": {"seed": base}, "base": {"seed": base},
                     "train": {"seed": seed, "total_env_steps": task_spec["budget"], "show_progress": False,
+                              "checkpoint_every": max(1, task_spec["budget"] // 4),  # a stopped suite loses little
                               "output_dir": str(directory / "train"), "cache_dir": str(out / "cache")}})
                 runs.append(Run(family, task, method, base, seed, recipe, directory))
     return runs
@@ -142,22 +152,46 @@ def plan(suite: dict, only: list[str] | None = None, methods: list[str] | None =
 
 # -------------------------------------------------------------------------------------------------------------
 # one run
-def claim(run: Run) -> bool:
-    """Take the run's lock (a file holding our pid); a lock whose process is gone is taken over."""
+def claim(run: Run):
+    """The run's lock (``fcntl.flock`` on ``running.lock``, released by the kernel when the holder dies), or None
+    when another suite process holds it. Keep the returned file open while running; close it to release."""
+    import fcntl
+
     run.directory.mkdir(parents=True, exist_ok=True)
-    lock = run.directory / "running.lock"
+    lock = open(run.directory / "running.lock", "w")
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            os.kill(int(lock.read_text() or 0), 0)
-            return False  # another suite process is on it
-        except (ProcessLookupError, ValueError):
-            lock.unlink(missing_ok=True)
-            return claim(run)
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
-    return True
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
+def recipe_hash(recipe: dict) -> str:
+    """What a finished run was trained with, less the fields that change neither data nor networks (the trainer's
+    ``RESUMABLE_FIELDS``: evaluation, logging, checkpointing): a report whose hash differs is stale."""
+    from vla_steer.training.checkpoint import RESUMABLE_FIELDS, flatten_recipe
+
+    kept = {k: v for k, v in flatten_recipe(recipe).items() if k not in RESUMABLE_FIELDS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def state(run: Run) -> str:
+    """done (a report for this recipe), stale (a report or run for another recipe), failed, running, started, todo."""
+    import fcntl
+
+    if run.report_file.is_file():
+        return "done" if json.loads(run.report_file.read_text()).get("recipe_hash") == recipe_hash(run.recipe) else "stale"
+    if (run.directory / "failed.json").is_file():
+        return "failed"
+    lock_path = run.directory / "running.lock"
+    if lock_path.is_file():
+        with open(lock_path) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return "running"
+    return "started" if (run.directory / "train").exists() else "todo"
 
 
 def saved_head_matches(trainer, head_dir: Path) -> bool:
@@ -192,7 +226,7 @@ def execute(run: Run, protocol: dict) -> dict:
     evaluator = Evaluator(dataclasses.replace(recipe, train=train), trainer.base, trainer.layout,
                           seed=protocol["report_eval_seed"])
     report = {"run": run.name, "family": run.family, "task": run.task, "method": run.method, "base_seed": run.base,
-              "steer_seed": run.seed, "budget": recipe.train.total_env_steps,
+              "steer_seed": run.seed, "budget": recipe.train.total_env_steps, "recipe_hash": recipe_hash(run.recipe),
               "reported_evaluation_seeds": [protocol["report_eval_seed"] + i for i in range(train.eval_num_envs)],
               "reported_episodes": episodes}
     for label, mode in (("base", "base"), ("steered", "policy")):
@@ -248,7 +282,9 @@ def write_results(suite: dict, path: Path, figures: Path | None = None) -> str:
     """RESULTS.md at ``path`` from every finished run's report, with its figures in ``figures``."""
     figures = figures or path.parent / "benchmarks" / "suite_results"
     out = ROOT / suite.get("output_dir", "benchmarks/suite_runs")
-    reports = [json.loads(f.read_text()) for f in sorted(out.rglob("report.json"))]
+    current = {str(run.report_file): recipe_hash(run.recipe) for run in plan(suite)}
+    reports = [report for f in sorted(out.rglob("report.json"))
+               if current.get(str(f)) == (report := json.loads(f.read_text())).get("recipe_hash")]  # not stale ones
     lines = ["# Results", "", "Generated by `python benchmarks/suite.py` under [the protocol](benchmarks/PROTOCOL.md): "
              "reported seeds disjoint from training and tuning, the saved head evaluated. Cells: mean ± sample std "
              "[95% t-interval] over runs (bases x steering seeds); lift = steered minus its own base, paired.", ""]
@@ -294,21 +330,30 @@ def main() -> None:
     runs = plan(suite, args.only, args.methods)
     if args.plan:
         for run in runs:
-            state = "done" if run.report_file.exists() else ("running" if (run.directory / "running.lock").exists()
-                                                               else "started" if run.directory.exists() else "todo")
-            print(f"{state:8s} {run.name}")
+            print(f"{state(run):8s} {run.name}")
         return
     if not args.report:
-        todo = [run for run in runs if not run.report_file.exists()]
-        for run in tqdm(todo, desc="suite", unit="run"):
-            if run.report_file.exists() or not claim(run):
+        for run in tqdm([run for run in runs if state(run) != "done"], desc="suite", unit="run"):
+            lock = claim(run)
+            if lock is None or state(run) == "done":  # another process has it, or just finished it
+                if lock is not None:
+                    lock.close()
                 continue
             try:
+                previous = state(run)
+                if previous in ("stale", "failed"):  # trained with an earlier suite file, or crashed: kept aside
+                    if (run.directory / "train").exists():
+                        (run.directory / "train").rename(run.directory / f"train.{previous}-{time.strftime('%Y%m%d-%H%M%S')}")
+                    for name in ("report.json", "failed.json"):
+                        (run.directory / name).unlink(missing_ok=True)
                 report = execute(run, suite["protocol"])
                 tqdm.write(f"{run.name}: base {report['base']['success_rate']:.2f} -> "
                            f"steered {report['steered']['success_rate']:.2f}")
+            except Exception as error:  # one broken run must not stop the grid: recorded, shown in --plan
+                (run.directory / "failed.json").write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}))
+                tqdm.write(f"{run.name}: FAILED ({type(error).__name__}: {error})")
             finally:
-                (run.directory / "running.lock").unlink(missing_ok=True)
+                lock.close()
     print(write_results(suite, args.results))
 
 

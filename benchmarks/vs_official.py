@@ -10,9 +10,16 @@ wall time until the evaluated success first reaches ``--target``.
 
     python benchmarks/vs_official.py recipes/metaworld_push_dsrl_sac.yaml --seeds 0 1 2 --target 0.5
 
+Matched on purpose: one learning rate for actor, critic and temperature (SB3 has one; the recipe must agree), the
+actor maximising the min over critics (SB3's rule; ``algorithm.actor_reduction=min``), and the entropy target.
+SB3 measures entropy on the squashed action in [-1, 1] and targets 0; vla_steer measures it on the latent
+``bound * tanh(u)``, which adds ``log(bound)`` per dimension, so vla_steer gets ``latent_dim * log(bound)``.
 Known differences, kept because they are the official design's: SB3's MLPs have no LayerNorm (vla_steer's critics
-do); SB3's warm-up draws uniform latents in the box, vla_steer's draws the prior N(0, I), clipped. The SB3 learner
-observes the same features the vla_steer head reads (the base's normalised observation), so both see the same input.
+do); SB3's warm-up draws uniform latents in the box, vla_steer's the prior N(0, I), clipped; SB3 starts learning one
+vector step later (``num_timesteps > learning_starts``) and its evaluation callback runs before that step's updates.
+The SB3 learner observes the features the vla_steer head reads (the base's normalised observation). Throughput is
+counted up to the last evaluation (steps, updates and training seconds alike). Results are written after every run,
+and runs already in ``--output`` are skipped, so an interrupted measurement resumes.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -160,8 +168,9 @@ def run_vla_steer(recipe, seed: int, eval_every: int, evaluate_with) -> dict:
 def summarize(run: dict, target: float) -> dict:
     curve = run["curve"]
     hit = next((point for point in curve if point["success_rate"] >= target), None)
-    train_seconds = curve[-1]["train_seconds"] if curve else float("nan")
-    return {"env_steps_per_s": run["env_steps"] / train_seconds, "updates_per_s": run["updates"] / train_seconds,
+    last = curve[-1] if curve else {"env_steps": float("nan"), "updates": float("nan"), "train_seconds": float("nan")}
+    return {"env_steps_per_s": last["env_steps"] / last["train_seconds"],
+            "updates_per_s": last["updates"] / last["train_seconds"],
             "seconds_to_target": hit["train_seconds"] if hit else None,
             "env_steps_to_target": hit["env_steps"] if hit else None,
             "final_success": curve[-1]["success_rate"] if curve else None}
@@ -187,25 +196,38 @@ def main() -> None:
 
     results = {"recipe": args.recipe, "overrides": args.overrides, "target": args.target, "runs": [],
                "git_commit": git_commit(), "versions": package_versions(), "hardware": hardware()}
+    if args.output.is_file():  # resume an interrupted measurement of the same setting
+        earlier = json.loads(args.output.read_text())
+        if (earlier["recipe"], earlier["overrides"], earlier["target"]) == (args.recipe, args.overrides, args.target):
+            results["runs"] = earlier["runs"]
     for seed in args.seeds:
         recipe = load_recipe(args.recipe, [*args.overrides, f"train.seed={seed}", "algorithm.name=dsrl_sac",
-                                           "algorithm.backup_entropy=true", "algorithm.target_entropy=0.0",
+                                           "algorithm.backup_entropy=true", "algorithm.actor_reduction=min",
                                            f"train.eval_episodes={args.eval_episodes}", "train.show_progress=false",
                                            f"train.output_dir=runs/vs_official/seed{seed}", "train.resume=false"])
+        a = recipe.algorithm
+        if not (a.actor_lr == a.critic_lr == a.temperature_lr) or a.discount_mode != "chunk":
+            raise SystemExit("SB3's SAC has one learning rate and discounts per transition: set algorithm.actor_lr, "
+                             "critic_lr and temperature_lr equal and discount_mode: chunk")
         base = build_base(recipe, Accelerator(cpu=True), show_progress=False)
         layout = LatentLayout(recipe.head.latent_layout, base.adapter.noise_shape)
+        # SB3's target of 0 nats on the squashed action is latent_dim * log(bound) nats on vla_steer's latent
+        recipe = dataclasses.replace(recipe, algorithm=dataclasses.replace(
+            a, target_entropy=layout.latent_dim * math.log(recipe.head.bound)))
         evaluator = Evaluator(recipe, base, layout, seed=recipe.train.eval_seed)
         evaluate = lambda head: evaluator.evaluate("policy", head)  # noqa: E731
         for design, run in (("official (SB3 SAC + noise-action wrapper)",
                              lambda: run_official(recipe, base, layout, seed, args.eval_every, evaluate)),
                             ("vla_steer dsrl_sac",
                              lambda: run_vla_steer(recipe, seed, args.eval_every, {"base": base, "evaluate": evaluate}))):
+            if any((r["design"], r["seed"]) == (design, seed) for r in results["runs"]):
+                continue
             torch.manual_seed(seed)
             outcome = run()
             results["runs"].append({"design": design, "seed": seed, **summarize(outcome, args.target), **outcome})
             print(f"seed {seed} {design}: {json.dumps(summarize(outcome, args.target))}", flush=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(results, indent=2))
     print(f"results: {args.output}")
 
 

@@ -584,10 +584,15 @@ def _wrong_stat_shape(stats):
     stats["observation.state.max"] = torch.ones(5)
 
 
+def _bf16_stat(stats):
+    stats["observation.state.max"] = stats["observation.state.max"].bfloat16()
+
+
 @pytest.mark.parametrize("change, message", [
     (_nan_stat, r"statistics \['observation.state.max'\] hold NaN or inf"),
     (_wrong_stat_shape, r"statistic 'observation.state.max' has shape \[5\], which does not fit the feature's shape \[2\]"),
-], ids=["nan", "wrong-shape"])
+    (_bf16_stat, r"tensor 'observation.state.max' has dtype 'BF16'"),
+], ids=["nan", "wrong-shape", "bf16"])
 def test_processor_stats_with_nan_or_the_wrong_shape_are_refused(steered_dir, tmp_path, change, message):
     bad = shutil.copytree(steered_dir, tmp_path / "bad")
     _poison_stats(bad, change)

@@ -30,7 +30,8 @@ def tiny_suite(tmp_path: Path, **protocol) -> dict:
     (lambda s: s["protocol"].update(report_eval_seed=1_000_001), "meet the tuning seeds"),
     (lambda s: s["families"]["lander"]["methods"]["lpds"].update(train={"total_env_steps": 160}), "train.total_env_steps"),
     (lambda s: s["families"]["lander"]["methods"]["lpds"].update(base={"hidden_dim": 64}), r"sets \['base'\]"),
-], ids=["two-bases", "one-seed", "tuning-seed", "eval-seeds-overlap", "method-budget", "method-base"])
+    (lambda s: s["families"]["lander"]["tasks"]["lander"].update(budget=10_000_000), r"seeded up to \d+, into the evaluation"),
+], ids=["two-bases", "one-seed", "tuning-seed", "eval-seeds-overlap", "method-budget", "method-base", "resume-seeds"])
 def test_a_grid_breaking_the_protocol_is_refused_naming_the_rule(tmp_path, change, message):
     spec = tiny_suite(tmp_path)
     change(spec)
@@ -45,9 +46,11 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     assert [(r.base, r.seed) for r in runs] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]  # one method
     assert len({json.dumps(r.recipe["demos"]) for r in runs}) == 3  # three demonstration sets, one per base
     for run in runs[:3]:
-        assert suite.claim(run) and not suite.claim(run)  # a second suite process skips a claimed run
+        lock = suite.claim(run)
+        assert lock is not None and suite.claim(run) is None and suite.state(run) == "running"  # others skip it
         report = suite.execute(run, spec["protocol"])
-        (run.directory / "running.lock").unlink()
+        lock.close()
+        assert suite.state(run) == "done"
         assert report["reported_evaluation_seeds"] == [2_000_000, 2_000_001] and report["budget"] == 80
         assert report["training"]["evaluation_seeds"][0] == 1_000_000  # tuning seeds: not the reported ones
         assert report["steered"]["episodes"] == 4 and 0 <= report["steered"]["success_wilson95"][0] <= 1
@@ -60,3 +63,7 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     for figure in ("lander_lander.png", "lander_lander_trust_region.png"):  # learning curves, LP-DS's dynamics
         assert (tmp_path / "benchmarks" / "suite_results" / figure).stat().st_size > 10_000
         assert f"(benchmarks/suite_results/{figure})" in text
+    # editing a method after its runs finished: they are stale, and left out of the results
+    spec["families"]["lander"]["methods"]["lpds"]["algorithm"]["batch_size"] = 16
+    assert [suite.state(run) for run in suite.plan(spec)][:4] == ["stale", "stale", "stale", "todo"]
+    assert "| lander | lpds | 0 / 6 |" in suite.write_results(spec, tmp_path / "RESULTS.md")

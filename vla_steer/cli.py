@@ -245,6 +245,8 @@ def cmd_info(args) -> int | None:
     base = args.base or None  # --base alone: the base the loaders load
     adapter_kwargs = steered.adapter_kwargs if steered is not None else (config.get("features") or {}).get("adapter_kwargs")
     if steered is not None and base is None:
+        if args.base_revision:  # check another revision of the base config.json names
+            steered.base_revision = args.base_revision
         _, base_policy = load_base_policy(steered, directory if local else None, cache_dir=args.cache_dir)
         adapter = adapter_for_lerobot_policy(base_policy, **steered.adapter_kwargs)
         where = f"{steered.base_path} @ {steered.base_revision or 'unpinned'} (named by config.json)"

@@ -11,12 +11,13 @@ from typing import Any, Callable
 
 def write_atomically(final_dir: str | Path, write: Callable[[Path], Any], *, fixed_scratch_names: bool = False) -> Path:
     """Call ``write(tmp_dir)`` on a fresh temporary directory next to ``final_dir``, then rename it into place: a
-    crash leaves the previous directory (or none), never half of one. Returns ``final_dir``.
+    crash leaves the previous directory or the new one, never half of one. Returns ``final_dir``.
 
     The scratch directories are hidden, uniquely named ones (``.<name>.<random>.tmp`` / ``.old``), so nothing of the
-    user's next to ``final_dir`` is touched. ``fixed_scratch_names=True`` uses ``<name>.tmp`` / ``<name>.old``
-    instead, replacing any there: for directories whose owner looks them up after a crash (the trainer's
-    ``checkpoints/last``)."""
+    user's next to ``final_dir`` is touched. A crash in the instant between the two renames leaves no ``final_dir``:
+    the previous version is then the hidden ``.<name>.<random>.old`` beside it. ``fixed_scratch_names=True`` uses
+    ``<name>.tmp`` / ``<name>.old`` instead, replacing any there: for directories whose owner looks them up after a
+    crash (the trainer's ``checkpoints/last``)."""
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     if fixed_scratch_names:
@@ -25,6 +26,9 @@ def write_atomically(final_dir: str | Path, write: Callable[[Path], Any], *, fix
         tmp.mkdir()
     else:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the result should read like any directory made here
     try:
         write(tmp)
     except BaseException:

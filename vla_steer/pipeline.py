@@ -52,6 +52,7 @@ def ensure_demos(recipe: Recipe, show_progress: bool = True) -> Path:
         max_episode_steps=d.max_episode_steps or recipe.env.max_episode_steps, cache_dir=cache_dir(recipe) / "demos",
         only_successful=d.only_successful, env_kwargs=recipe.env.kwargs,
         observation_kwargs=recipe.env.observation_kwargs(), show_progress=show_progress,
+        experts_dir=cache_dir(recipe) / "experts",
     )
 
 

@@ -48,6 +48,7 @@ def generate_demonstrations(
     observation_kwargs: dict | None = None,
     fps: int = 30,
     show_progress: bool = True,
+    experts_dir: str | Path | None = None,
 ) -> Path:
     """Roll out the scripted expert and write a LeRobotDataset; returns its root (cached).
 
@@ -75,7 +76,8 @@ def generate_demonstrations(
             return {STATE_KEY: obs.astype(np.float32)}
         return {STATE_KEY: obs[STATE_KEY], IMAGE_KEY: (obs[IMAGE_KEY].transpose(1, 2, 0) * 255).round().astype(np.uint8)}
 
-    expert = make_expert(env_id, Path(cache_dir).expanduser().parent / "experts", show_progress)
+    # trained experts (PPO) are cached beside the demonstrations unless the caller names a directory
+    expert = make_expert(env_id, experts_dir or Path(cache_dir).expanduser().parent / "experts", show_progress)
     return _record(root, spec, env, features, frame_of, lambda obs: expert(env.flat_observation if pixels else obs, env),
                    task=task_description(env_id) if pixels else env_id, num_episodes=num_episodes,
                    action_noise=action_noise, seed=seed, only_successful=only_successful, fps=fps,

@@ -47,8 +47,7 @@ class PPOActor(nn.Module):
         return np.clip(self.action_net(self.policy_net(x)).numpy(), self.low, self.high).astype(np.float32)
 
 
-def train_ppo_expert(env_id: str, directory: str | Path, *, total_steps: int = 300_000, seed: int = 0,
-                     show_progress: bool = True) -> Path:
+def train_ppo_expert(env_id: str, directory: str | Path, *, total_steps: int = 300_000, seed: int = 0) -> Path:
     """Train a PPO expert on ``env_id`` and write it to ``directory`` (atomically: a crash leaves nothing)."""
     try:
         from stable_baselines3 import PPO
@@ -125,5 +124,5 @@ def ppo_expert(env_id: str, cache_dir: str | Path, total_steps: int = 300_000, s
         if show_progress:
             print(f"training a PPO expert for {env_id} ({total_steps} steps, ~{total_steps / 1500 / 60:.0f} min on one "
                   f"core): {directory}")
-        train_ppo_expert(env_id, directory, total_steps=total_steps, seed=seed, show_progress=show_progress)
+        train_ppo_expert(env_id, directory, total_steps=total_steps, seed=seed)
     return load_ppo_expert(directory)

@@ -122,19 +122,29 @@ def _begin_episode_write(root: Path) -> None:
     tmp.rename(root / JOURNAL)
 
 
+def _discard_journal(root: Path) -> None:
+    """Retire the journal with one rename (its removal file by file is not atomic: a crash halfway would leave a
+    journal that looks committed but lacks its snapshots), then delete it."""
+    discarded = root / f"{JOURNAL}.discard"
+    shutil.rmtree(discarded, ignore_errors=True)
+    if (root / JOURNAL).exists():
+        (root / JOURNAL).rename(discarded)
+    shutil.rmtree(discarded, ignore_errors=True)
+
+
 def _end_episode_write(root: Path) -> None:
-    shutil.rmtree(root / JOURNAL, ignore_errors=True)
+    _discard_journal(root)
 
 
 def _roll_back_interrupted_write(root: Path) -> bool:
     """Undo an episode write a crash cut short: remove the files it added, restore the metadata it rewrote.
     Returns whether there was one to undo."""
     shutil.rmtree(root / f"{JOURNAL}.tmp", ignore_errors=True)  # a snapshot never committed: nothing was written
+    shutil.rmtree(root / f"{JOURNAL}.discard", ignore_errors=True)  # a retired one: its episode was complete
     journal = root / JOURNAL
-    if not (journal / "state.json").is_file():
-        shutil.rmtree(journal, ignore_errors=True)
+    if not journal.exists():
         return False
-    state = json.loads((journal / "state.json").read_text())
+    state = json.loads((journal / "state.json").read_text())  # committed whole, by one rename
     for name in set(_parquet_files(root)) - set(state["files"]):
         (root / name).unlink()
     for name in _META_FILES:
@@ -143,7 +153,7 @@ def _roll_back_interrupted_write(root: Path) -> bool:
             (root / f"{name}.restoring").replace(root / name)
         else:
             (root / name).unlink(missing_ok=True)
-    shutil.rmtree(journal)
+    _discard_journal(root)
     return True
 
 
@@ -324,9 +334,9 @@ class RolloutRecorder:
                 self.dataset.add_frame(dict(frame))  # add_frame pops "task" from the dict it gets
             self.dataset.save_episode()
         except BaseException:
-            if self.dataset.episode_buffer is not None and self.dataset.episode_buffer["size"]:
-                self.dataset.clear_episode_buffer()
-            self.close()  # the files are rolled back when the recording is reopened
+            # the files may be half written: stop here without finalizing; reopening (append=True) rolls them back
+            self.closed = True
+            atexit.unregister(self.close)
             raise
         self.dataset.finalize()  # footers written: everything up to this episode loads after a crash
         _end_episode_write(self.root)

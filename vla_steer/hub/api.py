@@ -240,10 +240,12 @@ def _refuse_outside_links(directory: Path, names: list[str]) -> None:
     /home/you/.ssh/...``). A Hub cache snapshot's links into its own repo's ``blobs/`` are what the cache is made of,
     and are allowed."""
     directory = directory.resolve()
-    root = directory.parent.parent if directory.parent.name == "snapshots" else directory  # <repo cache>/snapshots/<rev>
+    repo = directory.parent.parent  # a Hub cache snapshot is <cache>/models--<org>--<name>/snapshots/<revision>
+    in_cache = directory.parent.name == "snapshots" and repo.name.startswith("models--")
+    allowed = repo / "blobs" if in_cache else directory
     for name in names:
         path = directory / name
-        if is_format_file(name) and path.is_symlink() and not path.resolve().is_relative_to(root):
+        if is_format_file(name) and path.is_symlink() and not path.resolve().is_relative_to(allowed):
             raise HeadFormatError(f"{directory}/{name} is a symbolic link to {path.resolve()}, outside the head "
                                   "directory; copy the file into the directory instead")
 

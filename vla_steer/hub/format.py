@@ -47,6 +47,7 @@ CODE_REFERENCE_KEYS = {
 SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
                            "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 HEAD_DTYPES = ("F32", "F16", "BF16", "F64")
+PROCESSOR_DTYPES = ("F64", "F32", "F16", "I64", "I32", "I16", "I8", "U8", "BOOL")  # statistics and counts
 
 
 class HeadFormatError(ValueError):
@@ -279,7 +280,8 @@ def check_processor_config(path: str | Path, limits: Limits = DEFAULT_LIMITS) ->
                 raise HeadFormatError(f"{what}: step {i} state_file {state!r} is not a processor state file name "
                                       "(policy_<pre|post>processor_step_<i>_<name>.safetensors, no directories)")
             specs = read_safetensors_header(path.parent / state, state, max_bytes=limits.max_processor_state_bytes,
-                                            max_tensors=limits.max_head_tensors, max_header_bytes=limits.max_header_bytes)
+                                            max_tensors=limits.max_head_tensors, max_header_bytes=limits.max_header_bytes,
+                                            dtypes=PROCESSOR_DTYPES)
             _check_processor_stats(path.parent / state, specs, (step.get("config") or {}).get("features"))
     return config
 

@@ -165,8 +165,9 @@ def build_head_modules(config: dict[str, Any]) -> dict[str, nn.Module]:
 
     They are first built on the meta device (no memory) and counted: a config describing more than
     ``MAX_HEAD_MODULES`` modules or ``MAX_HEAD_PARAMETERS`` parameters is refused before anything is allocated."""
+    checked = validate_head_config(config)
     with torch.device("meta"):
-        modules = _build_head_modules(validate_head_config(config))
+        modules = _build_head_modules(checked)
     num_modules = sum(1 for m in modules.values() for _ in m.modules())
     num_parameters = sum(p.numel() for m in modules.values() for p in m.parameters())
     if num_modules > MAX_HEAD_MODULES or num_parameters > MAX_HEAD_PARAMETERS:
@@ -175,7 +176,7 @@ def build_head_modules(config: dict[str, Any]) -> dict[str, nn.Module]:
                               "(check head.hidden_dim, head.num_layers, head.num_critics, feature_dim, noise_shape)")
     if torch.get_default_device().type == "meta":  # the caller wants shapes only
         return modules
-    return _build_head_modules(validate_head_config(config))
+    return _build_head_modules(checked)
 
 
 def _build_head_modules(checked: dict[str, Any]) -> dict[str, nn.Module]:

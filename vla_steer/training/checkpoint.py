@@ -104,16 +104,18 @@ RESUMABLE_FIELDS = frozenset({
 })
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_recipe(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"section.field": value}`` of a recipe dict (free-form dicts such as ``env.options`` kept whole)."""
     if isinstance(tree, dict) and tree and not prefix.endswith(("options", "kwargs", "rename_map", "adapter_kwargs")):
-        return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}.{key}" if prefix else key).items()}
+        return {k: v for key, value in tree.items()
+                for k, v in flatten_recipe(value, f"{prefix}.{key}" if prefix else key).items()}
     return {prefix: tree}
 
 
 def recipe_changes(saved: dict, current: dict) -> list[str]:
     """``field: saved -> current`` for each field that differs between a checkpoint's recipe and the resuming one,
     outside :data:`RESUMABLE_FIELDS` (fields the checkpoint does not record, newer than it, are not compared)."""
-    before, after = _flatten(saved), _flatten(current)
+    before, after = flatten_recipe(saved), flatten_recipe(current)
     return [f"{key}: {before[key]!r} -> {after.get(key)!r}" for key in sorted(before)
             if key not in RESUMABLE_FIELDS and key in after and before[key] != after[key]]
 

@@ -179,7 +179,8 @@ class SteeringTrainer:
         acc = self.accelerator
         state = {"iteration": self.iteration, "updates_pending": updates_pending, "env_steps": self.env_steps,
                  "updates": self.updates, "history": self.history, "base_metrics": self.base_metrics,
-                 "train_episodes": self.collector.tracker.episodes, "recipe": self.recipe.to_dict()}
+                 "train_episodes": self.collector.tracker.episodes, "update_window": self._update_window,
+                 "recipe": self.recipe.to_dict()}
 
         def write(directory: Path):
             ckpt.save_tree(directory, "algorithm", self.algo.state_dict())
@@ -270,6 +271,7 @@ class SteeringTrainer:
         self.iteration, self.collector.env_steps = state["iteration"], state["env_steps"]
         self.history, self.base_metrics = state["history"], state["base_metrics"]
         self.collector.tracker.episodes = state["train_episodes"]
+        self._update_window = state.get("update_window", {})  # the window's updates before the checkpoint
         self._updates_pending = state["updates_pending"]
         return True
 
