@@ -259,3 +259,31 @@ def test_mixed_sampling_is_deterministic_and_checked(offline_and_online):
     other_keys.add({"features": torch.zeros(2, 3)})
     with pytest.raises(KeyError, match="differ"):
         sample_mixed(online, other_keys, 16, 0.5)
+
+
+def test_raw_demonstration_rewards_are_shaped_and_cut_at_success_like_the_training_envs(tmp_path):
+    """Scripted demonstrations hold the env's raw rewards and run past success; as offline data for a recipe with
+    reward_mode sparse / dense_minus_one and terminate_on_success they must look like the training envs' transitions."""
+    features = {"observation.state": {"dtype": "float32", "shape": (STATE,), "names": None},
+                "action": {"dtype": "float32", "shape": (A,), "names": None},
+                "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
+                "next.success": {"dtype": "bool", "shape": (1,), "names": None},
+                "next.done": {"dtype": "bool", "shape": (1,), "names": None}}
+    dataset = LeRobotDataset.create(repo_id="test/raw", fps=10, features=features, root=tmp_path / "raw", use_videos=False)
+    for i in range(8):  # success at frame 3, the episode goes on (as a scripted demonstration does)
+        dataset.add_frame({"observation.state": np.full(STATE, i, np.float32), "action": np.zeros(A, np.float32),
+                           "next.reward": np.array([10.0 * (i + 1)], np.float32), "next.success": np.array([i >= 3]),
+                           "next.done": np.array([False]), "task": "push"})
+    dataset.save_episode()
+    dataset.finalize()
+    adapter = native_adapter()
+    convert = lambda shaping: offline_chunk_transitions(  # noqa: E731
+        tmp_path / "raw", n_action_steps=K, n_obs_steps=1, gamma=0.9, discount_mode="chunk", to_policy_batch=None,
+        encode=adapter.encode, normalize_action=None, latent_dim=2, show_progress=False, reward_shaping=shaping)
+    raw = convert(None)
+    assert len(raw["reward"]) == 5 and not raw["terminated"].any()  # frames 0..4 start full chunks
+    sparse = convert({"mode": "sparse", "scale": 1.0, "terminate_on_success": True})
+    # chunks from frames 0..3 only: frame 3's success ends the episode there
+    assert sparse["reward"].tolist() == [-3.0, -2.0, -1.0, 0.0] and sparse["terminated"].tolist() == [0, 1, 1, 1]
+    dense = convert({"mode": "dense_minus_one", "scale": 10.0, "terminate_on_success": False})
+    torch.testing.assert_close(dense["reward"], raw["reward"] / 10.0 - K)  # sum over k rows of r / 10 - 1

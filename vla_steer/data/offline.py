@@ -67,6 +67,16 @@ def _chunk_layout(episode_index: torch.Tensor, done: torch.Tensor, k: int):
     return valid, length, terminal, next_index, episode_start
 
 
+def _after_episode_end(episode_index: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    """Frames that come after an earlier ``done`` frame of their episode (the env would have ended there)."""
+    after = torch.zeros_like(done)
+    for episode in torch.unique(episode_index):
+        rows = torch.nonzero(episode_index == episode).squeeze(-1)
+        ended = torch.cumsum(done[rows].long(), 0) - done[rows].long()  # dones strictly before each frame
+        after[rows] = ended > 0
+    return after
+
+
 def _dataset_columns(dataset, keys: list[str]) -> dict[str, torch.Tensor]:
     """Whole numeric columns as tensors (``[N, ...]``), read once through the dataset's HF table."""
     table = dataset.hf_dataset.with_format("torch", columns=keys)[:]
@@ -144,6 +154,7 @@ def offline_chunk_transitions(
     show_progress: bool = True,
     repo_id: str | None = None,
     history_keys: Iterable[str] | None = None,
+    reward_shaping: dict | None = None,
 ) -> dict[str, torch.Tensor]:
     """Chunk transitions for the replay buffer from a local LeRobotDataset with ``next.reward`` and ``next.done``.
 
@@ -166,6 +177,11 @@ def offline_chunk_transitions(
         batch_size: observations encoded per ``encode`` call.
         history_keys: processed entries that get an observation history when ``n_obs_steps > 1``. Default: every
             processed ``observation.*`` tensor except ``observation.language.*`` (tokens are per query, not queued).
+        reward_shaping: for data holding the env's raw rewards (scripted demonstrations):
+            ``{"mode", "scale", "terminate_on_success"}`` as the recipe's ``env.reward_mode`` / ``reward_scale`` /
+            ``terminate_on_success``, applied as the training envs apply them (``next.success`` required); with
+            ``terminate_on_success`` an episode ends at its first success and later frames make no transition.
+            ``None``: the rewards as stored (rollouts recorded by the trainer already hold the recipe's).
 
     Returns:
         CPU tensors keyed like the trainer's replay buffer: ``features`` ``[N, F]``, ``latent`` ``[N, latent_dim]``
@@ -205,9 +221,21 @@ def offline_chunk_transitions(
     done = columns["next.done"].bool().reshape(len(episode_index), -1)[:, 0]
     if len(episode_index) and (torch.diff(episode_index) < 0).any():
         raise ValueError(f"dataset {root}: frames are not grouped by episode in index order")
+    after_end = torch.zeros_like(done)
+    if reward_shaping is not None:
+        from vla_steer.envs.registry import shaped_reward
+
+        if "next.success" not in dataset.features:
+            raise ValueError(f"dataset {root} has no next.success column, which shaping its rewards needs")
+        success = _dataset_columns(dataset, ["next.success"])["next.success"].bool().reshape(len(episode_index), -1)[:, 0]
+        rewards = shaped_reward(rewards, success.float(), reward_shaping["mode"], reward_shaping["scale"])
+        if reward_shaping["terminate_on_success"]:
+            done = done | success
+            after_end = _after_episode_end(episode_index, done)
 
     k = n_action_steps
     valid, length, terminal, next_index, episode_start = _chunk_layout(episode_index, done, k)
+    valid &= ~after_end
     starts = torch.nonzero(valid).squeeze(-1)
     if starts.numel() == 0:
         raise ValueError(

@@ -87,6 +87,16 @@ def validate_env_id(env_id: str) -> None:
         )
 
 
+def shaped_reward(reward, success, mode: str, scale: float):
+    """The recipe's reward from the env's (``env.reward_mode``): ``env`` as it is; ``sparse`` -1 per step and 0 on a
+    success step; ``dense_minus_one`` ``reward / scale - 1``. Works on floats and on numpy / torch arrays alike."""
+    if mode == "sparse":
+        return success * 1.0 - 1.0
+    if mode == "dense_minus_one":
+        return reward / scale - 1.0
+    return reward
+
+
 class SuccessInfo(gym.Wrapper):
     """Normalises the success flag to ``info["is_success"]`` and optionally rewrites the reward.
 
@@ -104,10 +114,7 @@ class SuccessInfo(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         success = bool(info.get("is_success", info.get("success", False)))
         info["is_success"] = success
-        if self.reward_mode == "sparse":
-            reward = 0.0 if success else -1.0
-        elif self.reward_mode == "dense_minus_one":
-            reward = float(reward) / self.reward_scale - 1.0
+        reward = shaped_reward(float(reward), success, self.reward_mode, self.reward_scale)
         if success and self.terminate_on_success:
             terminated = True
         return obs, float(reward), terminated, truncated, info

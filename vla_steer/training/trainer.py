@@ -125,16 +125,18 @@ class SteeringTrainer:
 
     def load_offline_data(self) -> None:
         """Encode the offline dataset (``offline.dataset``) into the learner's second buffer."""
-        source = self.recipe.offline.dataset
+        source, e = self.recipe.offline.dataset, self.recipe.env
         if source == "demos":
             from vla_steer.pipeline import ensure_demos
 
             root = ensure_demos(self.recipe, show_progress=False)
+            # the scripted demonstrations hold the env's raw rewards: given the recipe's, as the training envs do
+            shaping = {"mode": e.reward_mode, "scale": e.reward_scale, "terminate_on_success": e.terminate_on_success}
         else:
-            root = Path(source).expanduser()
-        self.learner.set_offline(self.offline_transitions(root))
+            root, shaping = Path(source).expanduser(), None  # recorded rollouts already hold the recipe's rewards
+        self.learner.set_offline(self.offline_transitions(root, shaping))
 
-    def offline_transitions(self, root: Path) -> dict[str, torch.Tensor]:
+    def offline_transitions(self, root: Path, reward_shaping: dict | None = None) -> dict[str, torch.Tensor]:
         """A LeRobotDataset with rewards as chunk transitions, observations processed and encoded as the collector's."""
         from vla_steer.data.offline import offline_chunk_transitions
 
@@ -150,7 +152,8 @@ class SteeringTrainer:
             root, n_action_steps=self.adapter.n_action_steps, n_obs_steps=self.adapter.n_obs_steps, gamma=a.gamma,
             discount_mode=a.discount_mode, to_policy_batch=to_policy_batch, encode=encode,
             normalize_action=self.base.normalize_actions, latent_dim=self.layout.latent_dim,
-            show_progress=self.recipe.train.show_progress and self.accelerator.is_main_process)
+            show_progress=self.recipe.train.show_progress and self.accelerator.is_main_process,
+            reward_shaping=reward_shaping)
 
     def evaluate(self, mode: str = "policy") -> dict:
         return self.evaluator.evaluate(mode, self.algo)
