@@ -67,14 +67,10 @@ def _chunk_layout(episode_index: torch.Tensor, done: torch.Tensor, k: int):
     return valid, length, terminal, next_index, episode_start
 
 
-def _after_episode_end(episode_index: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+def _after_episode_end(done: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
     """Frames that come after an earlier ``done`` frame of their episode (the env would have ended there)."""
-    after = torch.zeros_like(done)
-    for episode in torch.unique(episode_index):
-        rows = torch.nonzero(episode_index == episode).squeeze(-1)
-        ended = torch.cumsum(done[rows].long(), 0) - done[rows].long()  # dones strictly before each frame
-        after[rows] = ended > 0
-    return after
+    dones_before = torch.cumsum(done.long(), 0) - done.long()  # over the whole dataset, strictly before each frame
+    return dones_before - dones_before[episode_start] > 0  # ... counted from the frame's episode start
 
 
 def _dataset_columns(dataset, keys: list[str]) -> dict[str, torch.Tensor]:
@@ -221,7 +217,6 @@ def offline_chunk_transitions(
     done = columns["next.done"].bool().reshape(len(episode_index), -1)[:, 0]
     if len(episode_index) and (torch.diff(episode_index) < 0).any():
         raise ValueError(f"dataset {root}: frames are not grouped by episode in index order")
-    after_end = torch.zeros_like(done)
     if reward_shaping is not None:
         from vla_steer.envs.registry import shaped_reward
 
@@ -231,11 +226,11 @@ def offline_chunk_transitions(
         rewards = shaped_reward(rewards, success.float(), reward_shaping["mode"], reward_shaping["scale"])
         if reward_shaping["terminate_on_success"]:
             done = done | success
-            after_end = _after_episode_end(episode_index, done)
 
     k = n_action_steps
     valid, length, terminal, next_index, episode_start = _chunk_layout(episode_index, done, k)
-    valid &= ~after_end
+    if reward_shaping is not None and reward_shaping["terminate_on_success"]:
+        valid &= ~_after_episode_end(done, episode_start)
     starts = torch.nonzero(valid).squeeze(-1)
     if starts.numel() == 0:
         raise ValueError(

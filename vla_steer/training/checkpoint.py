@@ -90,8 +90,6 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
-
-
 # -------------------------------------------------------------------------------------------------------------
 # resuming
 # Recipe fields a resumed run may change: how long it runs, how it is evaluated, logged and checkpointed, where

@@ -29,10 +29,10 @@ from vla_steer.adapters.base import LatentLayout
 from vla_steer.algorithms import SteeringAlgorithm, build_algorithm
 from vla_steer.config import Recipe, validate_recipe
 from vla_steer.files import write_atomically
+from vla_steer.provenance import git_commit
 from vla_steer.training import checkpoint as ckpt
 from vla_steer.training.collector import Collector
 from vla_steer.training.evaluator import Evaluator
-from vla_steer.provenance import git_commit
 from vla_steer.training.exporter import export_run
 from vla_steer.training.learner import Learner
 
@@ -62,7 +62,10 @@ class SteeringTrainer:
         acc = self.accelerator
         # Which checkpoint this run resumes, and whether its recipe allows it, is settled before any work (BC, envs)
         self.resume_from = self.checkpoint_to_resume() if t.resume else None
+        self._resume_state: dict = {}  # its trainer_state.json, read once
         if self.resume_from is not None:
+            self._resume_state = ckpt.load_part(self.resume_from, "trainer_state.json", lambda: json.loads(
+                (self.resume_from / "trainer_state.json").read_text()))
             self._refuse_changed_recipe(self.resume_from)
             self.resume_from = self._promote_to_last(self.resume_from)
         set_seed(t.seed)  # same on every process: identical head / critic initialisation
@@ -244,13 +247,8 @@ class SteeringTrainer:
         self.accelerator.wait_for_everyone()
         return last
 
-    @staticmethod
-    def _trainer_state(directory: Path) -> dict:
-        return ckpt.load_part(directory, "trainer_state.json",
-                              lambda: json.loads((directory / "trainer_state.json").read_text()))
-
     def _refuse_changed_recipe(self, directory: Path) -> None:
-        changed = ckpt.recipe_changes(self._trainer_state(directory).get("recipe", {}), self.recipe.to_dict())
+        changed = ckpt.recipe_changes(self._resume_state.get("recipe", {}), self.recipe.to_dict())
         if changed:
             raise ValueError(f"the checkpoint in {directory} was trained with another recipe; these fields change the "
                              f"data or the networks and differ: {'; '.join(changed)}. Resume with the recipe it was "
@@ -262,7 +260,7 @@ class SteeringTrainer:
         if directory is None:
             return False
         rank = self.accelerator.process_index
-        state = self._trainer_state(directory)
+        state = self._resume_state
         ckpt.load_part(directory, "algorithm.*", lambda: self.algo.load_state_dict(ckpt.load_tree(directory, "algorithm")))
         ckpt.load_part(directory, "optimizers.*", lambda: self.algo.load_optimizer_state_dicts(
             ckpt.load_optimizer_tree(directory, "optimizers")))
