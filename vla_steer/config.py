@@ -124,6 +124,7 @@ class TrainConfig:
     output_dir: str = "runs/default"
     resume: bool = True  # resume from output_dir/checkpoints/last if it exists
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast on GPU; fp16 would need loss scaling
+    cuda_graph_updates: bool = True  # one CUDA process: capture the update once and replay it (small MLPs are launch-bound)
     log_with: list = field(default_factory=list)  # accelerate trackers, e.g. ["tensorboard"] or ["wandb"]
     torch_threads: Optional[int] = bounded(None, ge=1, le=1024)
     cache_dir: str = "~/.cache/vla_steer"

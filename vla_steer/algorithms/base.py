@@ -7,6 +7,7 @@ optimiser step, so all processes hold identical weights (same seed, same init, s
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -60,6 +61,13 @@ class SteeringAlgorithm(nn.Module):
         return self.acting_rule.act(self.acting_module(), features, self.head_cfg.bound, eps, deterministic)
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One gradient update on a replay batch; its metrics as floats."""
+        return {name: value.item() for name, value in self.update_on_device(batch).items()}
+
+    def update_on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One gradient update; its metrics stay on the device as 0-d tensors. Nothing in it waits for the device
+        (no ``.item()``, no branch on a tensor's value), so one call can be captured and replayed as a CUDA graph
+        (``vla_steer.training.cuda_graph``)."""
         raise NotImplementedError
 
     def head_modules(self) -> dict[str, nn.Module]:
@@ -77,12 +85,14 @@ class SteeringAlgorithm(nn.Module):
         return self.accelerator.device
 
     def make_optimizer(self, name: str, params, lr: float) -> torch.optim.Optimizer:
-        # fused Adam: one kernel for all parameters, ~3x cheaper than the per-tensor loop on a CPU thread (torch >= 2.4)
+        # fused Adam: one kernel for all parameters, ~3x cheaper than the per-tensor loop on a CPU thread (torch >= 2.4).
+        # On CUDA it is also made capturable (its step count lives on the GPU), so an update can be a CUDA graph.
         params = list(params)
+        capturable = self.device.type == "cuda"
         try:
-            self.optimizers[name] = torch.optim.Adam(params, lr=lr, fused=True)
+            self.optimizers[name] = torch.optim.Adam(params, lr=lr, fused=True, capturable=capturable)
         except (RuntimeError, TypeError):  # older torch, or a device / dtype the fused kernel lacks
-            self.optimizers[name] = torch.optim.Adam(params, lr=lr, foreach=True)
+            self.optimizers[name] = torch.optim.Adam(params, lr=lr, foreach=True, capturable=capturable)
         return self.optimizers[name]
 
     def optimizer_step(self, name: str, loss: torch.Tensor) -> None:
@@ -146,6 +156,20 @@ class SteeringAlgorithm(nn.Module):
             raise KeyError(f"optimizer states for {sorted(states)}, this algorithm has {sorted(self.optimizers)}")
         for name, state in states.items():
             self.optimizers[name].load_state_dict(state)
+
+
+@contextmanager
+def no_weight_gradients(module: nn.Module):
+    """Gradients flow through ``module`` to its inputs but not into its weights: the actor's pass through a critic
+    would otherwise compute the critic's weight gradients (a third of its backward matmuls) only to discard them at
+    the critic's next ``zero_grad``. The actor's update is unchanged."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 class SACActorMixin:

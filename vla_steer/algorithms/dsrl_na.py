@@ -11,7 +11,7 @@ import copy
 
 import torch
 
-from vla_steer.algorithms.base import SteeringAlgorithm, SACActorMixin
+from vla_steer.algorithms.base import SACActorMixin, SteeringAlgorithm, no_weight_gradients
 from vla_steer.algorithms.configs import DSRLNAConfig
 from vla_steer.steering import CriticEnsemble, build_latent_critic
 
@@ -71,7 +71,7 @@ class DSRLNA(DualCriticMixin, SACActorMixin, SteeringAlgorithm):
         self.init_sac_actor()
         self.init_dual_critics()
 
-    def update(self, batch):
+    def update_on_device(self, batch):
         s = batch["features"]
         with torch.no_grad():
             next_z, next_logp = self.actor(batch["next_features"])
@@ -80,9 +80,10 @@ class DSRLNA(DualCriticMixin, SACActorMixin, SteeringAlgorithm):
         distill_loss = sum(self.distill_step(batch) for _ in range(self.cfg.distill_steps)) / self.cfg.distill_steps
 
         new_z, logp = self.actor(s)
-        q_pi = self.noise_critic.reduce(self.noise_critic(s, new_z), self.cfg.actor_reduction)
+        with no_weight_gradients(self.noise_critic) as critic:
+            q_pi = critic.reduce(critic(s, new_z), self.cfg.actor_reduction)
         actor_loss = (self.alpha * logp - q_pi).mean()
         self.optimizer_step("actor", actor_loss)
         self.temperature_step(logp)
-        return {"critic_loss": critic_loss.item(), "distill_loss": float(distill_loss), "actor_loss": actor_loss.item(),
-                "q": q.mean().item(), "alpha": self.alpha.item(), "entropy": -logp.mean().item()}
+        return {"critic_loss": critic_loss.detach(), "distill_loss": distill_loss, "actor_loss": actor_loss.detach(),
+                "q": q.detach().mean(), "alpha": self.alpha, "entropy": -logp.detach().mean()}

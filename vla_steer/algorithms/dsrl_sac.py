@@ -10,7 +10,7 @@ import copy
 
 import torch
 
-from vla_steer.algorithms.base import SteeringAlgorithm, SACActorMixin
+from vla_steer.algorithms.base import SACActorMixin, SteeringAlgorithm, no_weight_gradients
 from vla_steer.algorithms.configs import DSRLSACConfig
 from vla_steer.steering import build_latent_critic
 
@@ -26,7 +26,7 @@ class DSRLSAC(SACActorMixin, SteeringAlgorithm):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.make_optimizer("critic", self.critic.parameters(), cfg.critic_lr)
 
-    def update(self, batch):
+    def update_on_device(self, batch):
         s, z = batch["features"], batch["latent"]
 
         # Critic: TD on the stored latent, soft (entropy) backup from the target ensemble.
@@ -37,10 +37,11 @@ class DSRLSAC(SACActorMixin, SteeringAlgorithm):
 
         # Actor: maximise Q^W - alpha * log pi over reparameterised latents.
         new_z, logp = self.actor(s)
-        q_pi = self.critic.reduce(self.critic(s, new_z), self.cfg.actor_reduction)
+        with no_weight_gradients(self.critic) as critic:
+            q_pi = critic.reduce(critic(s, new_z), self.cfg.actor_reduction)
         actor_loss = (self.alpha * logp - q_pi).mean()
         self.optimizer_step("actor", actor_loss)
 
         temperature_loss = self.temperature_step(logp)
-        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "q": q.mean().item(),
-                "alpha": self.alpha.item(), "entropy": -logp.mean().item(), "temperature_loss": temperature_loss.item()}
+        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "q": q.detach().mean(),
+                "alpha": self.alpha, "entropy": -logp.detach().mean(), "temperature_loss": temperature_loss.detach()}

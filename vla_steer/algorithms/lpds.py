@@ -19,7 +19,7 @@ import copy
 
 import torch
 
-from vla_steer.algorithms.base import SteeringAlgorithm
+from vla_steer.algorithms.base import SteeringAlgorithm, no_weight_gradients
 from vla_steer.algorithms.configs import LPDSConfig
 from vla_steer.algorithms.dsrl_na import DualCriticMixin
 from vla_steer.steering import build_latent_critic, residual_latent
@@ -57,7 +57,7 @@ class LPDS(DualCriticMixin, SteeringAlgorithm):
             next_z, _ = self.steer(batch["next_features"])
         return self.td_critic_step("noise_critic", self.noise_critic, self.noise_critic_target, batch, batch["latent"], next_z)
 
-    def update(self, batch):
+    def update_on_device(self, batch):
         s = batch["features"]
         # 1. critics
         if self.cfg.critic == "action":
@@ -67,11 +67,12 @@ class LPDS(DualCriticMixin, SteeringAlgorithm):
             distill_loss = sum(self.distill_step(batch) for _ in range(self.cfg.distill_steps)) / self.cfg.distill_steps
         else:
             critic_loss, q = self.latent_critic_step(batch)
-            distill_loss = 0.0
+            distill_loss = torch.zeros((), device=s.device)
 
         # 2. primal step on Delta: maximise Q^W(s, eps + Delta(s)) - lambda * (||Delta||^2 - delta)
         z, delta = self.steer(s)
-        q_pi = self.noise_critic.reduce(self.noise_critic(s, z), self.cfg.actor_reduction)
+        with no_weight_gradients(self.noise_critic) as critic:
+            q_pi = critic.reduce(critic(s, z), self.cfg.actor_reduction)
         if self.cfg.normalize_q:
             q_pi = q_pi / q_pi.abs().mean().detach().clamp_min(1e-6)
         delta_sq = delta.pow(2).sum(-1).mean()
@@ -81,6 +82,6 @@ class LPDS(DualCriticMixin, SteeringAlgorithm):
         # 3. dual step: projected ascent on the multiplier (averaged over processes so it stays in sync)
         violation = self.mean_across_processes(delta_sq.detach()) - self.cfg.delta
         self.multiplier.copy_((self.multiplier + self.cfg.dual_lr * violation).clamp_min(0.0))
-        return {"critic_loss": critic_loss.item(), "distill_loss": float(distill_loss), "actor_loss": actor_loss.item(),
-                "q": q.mean().item(), "delta_sq": delta_sq.item(), "violation": violation.item(),
-                "multiplier": self.multiplier.item()}
+        return {"critic_loss": critic_loss.detach(), "distill_loss": distill_loss, "actor_loss": actor_loss.detach(),
+                "q": q.detach().mean(), "delta_sq": delta_sq.detach(), "violation": violation,
+                "multiplier": self.multiplier.clone()}

@@ -55,12 +55,23 @@ def write_tiny_smolvlm(
     num_heads: int = 4,
     num_kv_heads: int = 2,
     vision_hidden_size: int = 16,
+    intermediate_size: int | None = None,
+    vocab_size: int | None = None,
+    rope_theta: float = 10000.0,
+    max_position_embeddings: int = 256,
+    vision_num_layers: int = 1,
+    vision_num_heads: int = 2,
+    vision_intermediate_size: int | None = None,
 ) -> Path:
     """Write a tiny SmolVLM (config + tokenizer over ``words`` + processors) to ``directory``; returns its path.
 
     ``image_size`` must equal SmolVLA's ``resize_imgs_with_padding`` (the vision tower's position embedding has
     ``(image_size / patch_size)**2`` entries). Each camera becomes ``(image_size / patch_size / scale_factor)**2``
     prefix tokens.
+
+    The remaining sizes default to the toy model (MLPs twice as wide as the model, a vocabulary of exactly the
+    tokenizer's words, LlamaConfig's rope theta); set them all to build a real-size architecture with the same
+    small tokenizer (a larger ``vocab_size`` only adds embedding rows no token id reaches).
     """
     from transformers import SmolVLMConfig
     from transformers.models.smolvlm import SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
@@ -77,21 +88,22 @@ def write_tiny_smolvlm(
     tokenizer = word_level_tokenizer(words, IMAGE_SPECIAL_TOKENS)
     text_config = {
         "model_type": "llama",
-        "vocab_size": len(tokenizer),
+        "vocab_size": vocab_size or len(tokenizer),
         "hidden_size": hidden_size,
-        "intermediate_size": 2 * hidden_size,
+        "intermediate_size": intermediate_size or 2 * hidden_size,
         "num_hidden_layers": num_layers,
         "num_attention_heads": num_heads,
         "num_key_value_heads": num_kv_heads,
         "head_dim": hidden_size // num_heads,
-        "max_position_embeddings": 256,
+        "max_position_embeddings": max_position_embeddings,
+        "rope_theta": rope_theta,
         "pad_token_id": tokenizer.pad_token_id,
     }
     vision_config = {
         "hidden_size": vision_hidden_size,
-        "intermediate_size": 2 * vision_hidden_size,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
+        "intermediate_size": vision_intermediate_size or 2 * vision_hidden_size,
+        "num_hidden_layers": vision_num_layers,
+        "num_attention_heads": vision_num_heads,
         "image_size": image_size,
         "patch_size": patch_size,
     }

@@ -98,7 +98,7 @@ RESUMABLE_FIELDS = frozenset({
     "name", "train.total_env_steps", "train.eval_every", "train.eval_episodes", "train.eval_num_envs",
     "train.eval_deterministic", "train.eval_seed", "train.eval_best_of_k", "train.entropy_states",
     "train.entropy_draws", "train.checkpoint_every", "train.log_every", "train.output_dir", "train.resume", "train.log_with",
-    "train.torch_threads", "train.cache_dir", "train.show_progress", "train.record_rollouts",
+    "train.torch_threads", "train.cuda_graph_updates", "train.cache_dir", "train.show_progress", "train.record_rollouts",
 })
 
 

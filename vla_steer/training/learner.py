@@ -27,6 +27,8 @@ class Learner:
         self.offline: ReplayBuffer | None = None
         self.sample_generator = torch.Generator().manual_seed(sampler_seed)
         self.updates = 0
+        self._graphed = None  # the captured update (vla_steer.training.cuda_graph), built at the first update
+        self._try_graph = recipe.train.cuda_graph_updates and accelerator.device.type == "cuda"
 
     def add(self, transition: dict[str, torch.Tensor]) -> None:
         self.buffer.add(transition)
@@ -48,9 +50,13 @@ class Learner:
     def update(self) -> dict[str, float]:
         batch = self.sample()
         with self.accelerator.autocast():
-            metrics = self.algo.update(batch)
+            if self._try_graph:
+                from vla_steer.training.cuda_graph import graphed_update
+
+                self._graphed, self._try_graph = graphed_update(self.algo, batch), False
+            metrics = self._graphed(batch) if self._graphed else self.algo.update_on_device(batch)
         self.updates += 1
-        return metrics
+        return {name: value.item() for name, value in metrics.items()}
 
     def pretrain_critic(self, updates: int, show_progress: bool = False) -> dict[str, float]:
         """Critic-only updates on the offline data (the action critic, then Q^W distilled from it)."""
