@@ -6,7 +6,9 @@ benchmarks/PROTOCOL.md, resumably, and RESULTS.md regenerated from the runs that
     python benchmarks/suite.py --only metaworld/push-v3 --methods lpds dsrl_sac
     python benchmarks/suite.py --report                         # RESULTS.md from finished runs only
 
-A run that finished is skipped; one that was interrupted resumes from its checkpoint (the trainer's own resume);
+A run that finished is skipped; one that was interrupted resumes from its checkpoint (the trainer's own resume); one
+whose recipe equals a finished run's elsewhere in the grid (a sweep point that is another family's method) takes
+that run's report, marked ``same_run_as``, instead of training the same thing again;
 two suite processes may share a grid (each run is claimed by a lock file). The grid is checked against the protocol
 before anything runs: at least 3 bases and 2 steering seeds, equal env-step budgets for every method on a task
 (methods may not touch the budget, the env, the demonstrations or the base), steering seeds below the tuning range,
@@ -194,6 +196,28 @@ def state(run: Run) -> str:
     return "started" if (run.directory / "train").exists() else "todo"
 
 
+def finished_twin(run: Run, grid: list[Run]) -> Run | None:
+    """A finished run elsewhere in the grid trained with the same recipe (the same hash: same data, base, method,
+    budget and seeds), e.g. a sweep's point that equals another family's method. Its result is this run's too."""
+    own = recipe_hash(run.recipe)
+    return next((other for other in grid if other.directory != run.directory and state(other) == "done"
+                 and recipe_hash(other.recipe) == own), None)
+
+
+def reuse(run: Run, twin: Run) -> dict:
+    """``run``'s report from its finished twin: the same numbers under this run's name, marked ``same_run_as``; its
+    ``train`` directory links to the twin's (learning curves)."""
+    report = json.loads(twin.report_file.read_text())
+    report.update(run=run.name, family=run.family, task=run.task, method=run.method, same_run_as=twin.name)
+    run.directory.mkdir(parents=True, exist_ok=True)
+    if not (run.directory / "train").exists():
+        (run.directory / "train").symlink_to(os.path.relpath(twin.directory / "train", run.directory))
+    tmp = run.report_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(run.report_file)
+    return report
+
+
 def saved_head_matches(trainer, head_dir: Path) -> bool:
     """Whether the head written to ``head_dir`` holds exactly the trainer's acting modules (what is evaluated)."""
     import torch
@@ -327,7 +351,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "RESULTS.md")
     args = parser.parse_args()
     suite = load_suite(args.suite)
-    runs = plan(suite, args.only, args.methods)
+    runs, grid = plan(suite, args.only, args.methods), plan(suite)
     if args.plan:
         for run in runs:
             print(f"{state(run):8s} {run.name}")
@@ -346,8 +370,9 @@ def main() -> None:
                         (run.directory / "train").rename(run.directory / f"train.{previous}-{time.strftime('%Y%m%d-%H%M%S')}")
                     for name in ("report.json", "failed.json"):
                         (run.directory / name).unlink(missing_ok=True)
-                report = execute(run, suite["protocol"])
-                tqdm.write(f"{run.name}: base {report['base']['success_rate']:.2f} -> "
+                twin = finished_twin(run, grid) if previous == "todo" else None
+                report = reuse(run, twin) if twin else execute(run, suite["protocol"])
+                tqdm.write(f"{run.name}{' (same run as ' + twin.name + ')' if twin else ''}: base {report['base']['success_rate']:.2f} -> "
                            f"steered {report['steered']['success_rate']:.2f}")
             except Exception as error:  # one broken run must not stop the grid: recorded, shown in --plan
                 (run.directory / "failed.json").write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}))

@@ -63,6 +63,20 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     for figure in ("lander_lander.png", "lander_lander_trust_region.png"):  # learning curves, LP-DS's dynamics
         assert (tmp_path / "benchmarks" / "suite_results" / figure).stat().st_size > 10_000
         assert f"(benchmarks/suite_results/{figure})" in text
+    # a sweep point equal to a finished run elsewhere in the grid takes its report instead of training again
+    spec["families"]["sweep"] = {"tasks": spec["families"]["lander"]["tasks"],
+                                 "methods": {"lpds_same": {"algorithm": {"name": "lpds", "batch_size": 32}},
+                                             "lpds_other": {"algorithm": {"name": "lpds", "batch_size": 16}}}}
+    grid = suite.plan(spec)
+    same, other = (next(r for r in grid if r.method == m and (r.base, r.seed) == (0, 0)) for m in ("lpds_same", "lpds_other"))
+    assert suite.finished_twin(other, grid) is None
+    twin = suite.finished_twin(same, grid)
+    assert twin == runs[0]
+    copied = suite.reuse(same, twin)
+    assert suite.state(same) == "done" and copied["same_run_as"] == runs[0].name and copied["method"] == "lpds_same"
+    assert copied["steered"] == json.loads(runs[0].report_file.read_text())["steered"]
+    assert (same.directory / "train" / "metrics.jsonl").is_file()  # its learning curve is the twin's
+    del spec["families"]["sweep"]
     # editing a method after its runs finished: they are stale, and left out of the results
     spec["families"]["lander"]["methods"]["lpds"]["algorithm"]["batch_size"] = 16
     assert [suite.state(run) for run in suite.plan(spec)][:4] == ["stale", "stale", "stale", "todo"]
