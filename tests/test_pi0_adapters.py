@@ -453,3 +453,19 @@ def test_train_on_a_saved_pi_checkpoint_in_pusht(family, tmp_path):
                 else (theirs + 1) / 2 * (stats["q99"] - stats["q01"]) + stats["q01"])
     torch.testing.assert_close(trainer.base.actions(ours), expected, rtol=0, atol=1e-3)
     collector.close()
+
+
+@pytest.mark.parametrize("family", ["pi0", "pi05"])
+def test_latency_benchmark_runs_every_variant_at_tiny_size(family):
+    """benchmarks/vla_latency.py's timing phase (tests/test_vla_latency.py covers SmolVLA and X-VLA)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import vla_latency
+
+    args = vla_latency.parse_args(["--policy", family, "--size", "tiny", "--device", "cpu", "--rounds", "1",
+                                   "--warmup", "0"])
+    timing = vla_latency.run_timing(args)
+    assert list(timing["median_s"]) == ["base", "steered", "naive"]
+    assert timing["architecture"]["prefix_tokens"] == 3 * (TINY_IMAGE_SIZE // 14) ** 2 + TOKENS  # 3 cameras

@@ -32,11 +32,53 @@ from vla_steer.policies.tiny_vlm import IMAGE_SPECIAL_TOKENS  # noqa: F401  (tes
 
 STATE_DIM, ACTION_DIM = 4, 2
 
+# The real SmolVLA VLM, HuggingFaceTB/SmolVLM2-500M-Video-Instruct, for write_tiny_smolvlm(dir, **FULL_SMOLVLM).
+# Text model (SmolLM2-360M): width 960, 32 layers, 15 heads / 5 KV heads (head_dim 64), MLP 2560, rope theta 1e5,
+# 8192 positions, per the SmolLM2-360M config.json on the Hub and the 500M SmolVLM text_config (ColSmolVLM-500M's
+# config.json, which copies it); vocabulary 49280 (SmolLM2's 49152 + SmolVLM2's added tokens; SmolVLM2's eos id is
+# 49279). Untied lm_head (LlamaConfig's default, which transformers reads for the tie): 507M parameters in all, the
+# model's published size. Vision tower: SigLIP base patch16-512 (width 768, 12 layers, 12 heads, MLP 3072, 512 px
+# images in 16 px patches); connector pixel shuffle scale_factor 4, so 64 tokens per image. transformers'
+# SmolVLMConfig defaults are NOT these (they describe the 2.2B model's So400m tower), so all are set explicitly.
+# The tokenizer stays the word-level stand-in (only the token count matters for the cost).
+FULL_SMOLVLM = dict(
+    image_size=512, patch_size=16, scale_factor=4,
+    hidden_size=960, num_layers=32, num_heads=15, num_kv_heads=5, intermediate_size=2560, vocab_size=49280,
+    rope_theta=100000.0, max_position_embeddings=8192,
+    vision_hidden_size=768, vision_num_layers=12, vision_num_heads=12, vision_intermediate_size=3072,
+)
+
 
 def write_tiny_smolvlm(directory: str | Path, **sizes: int) -> Path:
     """:func:`vla_steer.policies.tiny_vlm.write_tiny_smolvlm` over ``TASK_WORDS``: the tiny SmolVLM (2 Llama
-    layers of width 32, 32 px images, 4 prefix tokens per camera) in ``directory``; ``sizes`` override those."""
+    layers of width 32, 32 px images, 4 prefix tokens per camera) in ``directory``; ``sizes`` override those
+    (``**FULL_SMOLVLM`` gives the real SmolVLM2-500M architecture)."""
     return tiny_vlm.write_tiny_smolvlm(directory, TASK_WORDS, **sizes)
+
+
+def full_smolvla_config(
+    vlm_dir: str | Path,
+    *,
+    state_dim: int = 8,
+    action_dim: int = 7,
+    cameras: int = 3,
+    camera_shape: tuple[int, int, int] = (3, 512, 512),
+    **overrides: Any,
+):
+    """The real SmolVLA: LeRobot's ``SmolVLAConfig`` defaults (the first 16 of the VLM's 32 layers, an expert 0.75
+    as wide with self-attention every 2nd layer and cross-attention otherwise, chunks of 50 over 32 padded action
+    dims, 10 Euler steps, 512 px images, 48 prompt tokens at most) on the VLM written to ``vlm_dir`` with
+    :data:`FULL_SMOLVLM`; random weights (``load_vlm_weights=False``)."""
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+
+    fields = dict(
+        **robot_features(state_dim=state_dim, action_dim=action_dim, cameras=cameras, camera_shape=camera_shape),
+        vlm_model_name=str(vlm_dir),
+        load_vlm_weights=False,
+        device="cpu",
+    )
+    fields.update(overrides)
+    return SmolVLAConfig(**fields)
 
 
 def tiny_smolvla_config(

@@ -6,6 +6,8 @@ two-stage DaViT that turns a 32x32 image into a 4x4 feature map (16 tokens, plus
 Florence-2 prepends: 17 tokens per view), and a one-layer BART encoder. The vision projection, the Florence-2
 ``projection_dim`` and BART's ``d_model`` must be equal: image tokens and text embeddings are concatenated before
 the encoder, and X-VLA's action transformer reads them through a ``projection_dim``-wide input projection.
+:func:`full_xvla_config` is the real architecture instead (Florence-2-large + the 24-block transformer, 0.9B
+parameters) for benchmarks; :func:`xvla_policy` builds either.
 
 Only ``make_xvla_pre_post_processors`` would download something (the ``facebook/bart-large`` tokenizer); tests
 feed ``observation.language.tokens`` directly, or give LeRobot's ``TokenizerProcessorStep`` the word-level
@@ -68,6 +70,53 @@ def tiny_florence_config(*, hidden: int = TEXT_HIDDEN, vocab_size: int = VOCAB_S
             "vocab_size": vocab_size}
 
 
+def full_florence_config() -> dict[str, Any]:
+    """Florence-2-large as the real X-VLA (0.9B) uses it: LeRobot's ``Florence2VisionConfig`` /
+    ``Florence2LanguageConfig`` / ``Florence2Config`` defaults are Florence-2-large's (DaViT widths 256-512-1024-2048,
+    depths 1-1-9-1, window 12; BART-large: d_model 1024, 12 encoder layers of 16 heads, FFN 4096, vocabulary 51289;
+    projection_dim 1024), and X-VLA's own hub config (2toINF/X-VLA-*, config.json) keeps them but for 4096 text
+    positions. The BART decoder is built and then deleted by ``XVLAModel``."""
+    return {"vision_config": {}, "text_config": {"max_position_embeddings": 4096}}
+
+
+def full_xvla_config(
+    *,
+    state_dim: int = 8,
+    action_dim: int = 7,
+    cameras: int = 3,
+    camera_shape: tuple[int, int, int] = (3, 224, 224),
+    **overrides: Any,
+):
+    """The real X-VLA: LeRobot's ``XVLAConfig`` defaults (a 24-block soft-prompted transformer of width 1024,
+    chunks of 32 in the 20-dim ``ee6d`` action space, 10 denoising steps, 64 prompt tokens) on
+    :func:`full_florence_config`, with ``cameras`` views resized (with padding) to 224 px as X-VLA's checkpoints
+    expect. ``action_dim`` only names the robot's action feature: ``ee6d`` fixes the model's width at 20."""
+    from lerobot.policies.xvla.configuration_xvla import XVLAConfig
+
+    fields = dict(
+        **robot_features(state_dim=state_dim, action_dim=action_dim, cameras=cameras, camera_shape=camera_shape),
+        florence_config=full_florence_config(),
+        resize_imgs_with_padding=(224, 224),
+        device="cpu",
+    )
+    fields.update(overrides)
+    return XVLAConfig(**fields)
+
+
+def xvla_policy(config, *, seed: int = 0):
+    """The real ``XVLAPolicy`` for ``config``, randomly initialised under ``seed``."""
+    from lerobot.policies.xvla.modeling_xvla import XVLAPolicy
+
+    torch.manual_seed(seed)
+    policy = XVLAPolicy(config)
+    # LeRobot's Florence-2 creates image_projection with torch.empty and no init rule covers it (checkpoints
+    # overwrite it): a fresh build holds whatever memory was there, sometimes NaN. Give it seeded values.
+    projection = policy.model.vlm.image_projection
+    with torch.no_grad():
+        projection.copy_(torch.randn(projection.shape, dtype=torch.float32) * projection.shape[0] ** -0.5)
+    return policy
+
+
 def tiny_xvla_config(
     *,
     state_dim: int = STATE_DIM,
@@ -112,17 +161,7 @@ def tiny_xvla_config(
 
 def tiny_xvla_policy(*, seed: int = 0, **config_kwargs: Any):
     """The real ``XVLAPolicy`` built from :func:`tiny_xvla_config`, randomly initialised under ``seed``."""
-    from lerobot.policies.xvla.modeling_xvla import XVLAPolicy
-
-    config = tiny_xvla_config(**config_kwargs)
-    torch.manual_seed(seed)
-    policy = XVLAPolicy(config)
-    # LeRobot's Florence-2 creates image_projection with torch.empty and no init rule covers it (checkpoints
-    # overwrite it): a fresh build holds whatever memory was there, sometimes NaN. Give it seeded values.
-    projection = policy.model.vlm.image_projection
-    with torch.no_grad():
-        projection.copy_(torch.randn(projection.shape, dtype=torch.float32) * projection.shape[0] ** -0.5)
-    return policy
+    return xvla_policy(tiny_xvla_config(**config_kwargs), seed=seed)
 
 
 def tiny_bart_tokenizer():
