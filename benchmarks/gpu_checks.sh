@@ -36,19 +36,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, transformers, lerobot; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
 
 step "CUDA-graph update test"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -15
+timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -15
 
 step "update speed: SB3 SAC vs vla_steer eager / CUDA graph"
-timeout 150 python3 benchmarks/gpu_update_speed.py --device cuda --updates 3000 --output "$OUT/gpu_update_speed.json"
+timeout 100 python3 benchmarks/gpu_update_speed.py --device cuda --updates 3000 --output "$OUT/gpu_update_speed.json"
 
 for policy in smolvla xvla; do
   step "latency + memory: $policy full size, bf16"
-  timeout 150 python3 benchmarks/vla_latency.py --policy $policy --device cuda --dtype bfloat16 --rounds 20 --warmup 3 \
+  timeout 110 python3 benchmarks/vla_latency.py --policy $policy --device cuda --dtype bfloat16 --rounds 20 --warmup 3 \
     --output "$OUT/${policy}_latency_cuda.json" 2>&1 | grep -v "^  round"
 done
 for policy in pi05 pi0; do
   step "latency + memory: $policy full size, bf16"
-  PYTHONPATH=$PI_PATH timeout 200 python3 benchmarks/vla_latency.py --policy $policy --device cuda --dtype bfloat16 \
+  PYTHONPATH=$PI_PATH timeout 170 python3 benchmarks/vla_latency.py --policy $policy --device cuda --dtype bfloat16 \
     --rounds 20 --warmup 3 --output "$OUT/${policy}_latency_cuda.json" 2>&1 | grep -v "^  round"
 done
 step "done"
