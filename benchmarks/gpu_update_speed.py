@@ -124,7 +124,9 @@ def main() -> None:
 
     from vla_steer.config import load_recipe
 
-    recipe = load_recipe(args.recipe, ["algorithm.actor_reduction=min"])  # SB3's actor takes the min over critics
+    # SB3's actor takes the min over critics. No env is stepped here: a gymnasium id stands in for the recipe's, so
+    # that a machine without its simulator (Meta-World) can still check the recipe.
+    recipe = load_recipe(args.recipe, ["algorithm.actor_reduction=min", "env.id=Pendulum-v1", "env.reward_mode=env"])
     device = torch.device(args.device)
     latent_dim = recipe.base.horizon * ACTION_DIM
     learners = {"sb3_sac": sb3_learner(recipe, device, args.buffer, latent_dim)}

@@ -11,6 +11,7 @@ import copy
 import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from vla_steer.adapters import NativePolicyAdapter
 from vla_steer.adapters.base import LatentLayout
@@ -28,6 +29,7 @@ def learner(name: str, fields: dict, device: str = "cpu"):
     policy = build_chunk_policy(ChunkPolicyConfig(type="diffusion", obs_dim=OBS_DIM, action_dim=ACTION_DIM,
                                                   horizon=HORIZON, n_action_steps=HORIZON, hidden_dim=32,
                                                   num_layers=2, num_inference_steps=2))
+    AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton: else the first device sticks
     accelerator = Accelerator(cpu=device == "cpu")
     adapter = NativePolicyAdapter(policy.to(accelerator.device))
     layout = LatentLayout("full", adapter.noise_shape)
@@ -90,6 +92,7 @@ def test_a_cpu_learner_is_never_captured():
 @pytest.mark.parametrize("name,fields", METHODS)
 def test_graphed_updates_match_eager_ones_on_cuda(name, fields):
     eager, graphed = learner(name, fields, "cuda"), learner(name, fields, "cuda")
+    assert graphed.device.type == "cuda"
     replay = graphed_update(graphed, batch(0, "cuda"))
     assert replay is not None, "the update could not be captured"
     assert torch.equal(weights(eager), weights(graphed)), "capture left a trace of its warm-up"

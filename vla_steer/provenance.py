@@ -26,10 +26,10 @@ def package_versions(packages=RUN_PACKAGES) -> dict[str, str]:
 
 def git_commit() -> str | None:
     """The commit of the vla_steer checkout this runs from, with ``+dirty`` when it has uncommitted changes; in a copied
-    tree without git metadata (a remote GPU machine), the ``VLA_STEER_GIT_COMMIT`` the copier set."""
+    tree (a remote GPU machine, whose git metadata may be missing or stale), ``VLA_STEER_GIT_COMMIT`` when set."""
     root = Path(__file__).resolve().parents[1]
-    if not (root / ".git").exists():
-        return os.environ.get("VLA_STEER_GIT_COMMIT")
+    if os.environ.get("VLA_STEER_GIT_COMMIT"):
+        return os.environ["VLA_STEER_GIT_COMMIT"]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
