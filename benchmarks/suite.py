@@ -270,10 +270,12 @@ def execute(run: Run, protocol: dict) -> dict:
 
 # -------------------------------------------------------------------------------------------------------------
 # RESULTS.md
-def _mean_sd_ci(values) -> str:
+def _mean_sd_ci(values, digits: int = 2) -> str:
     values = np.asarray(values, dtype=float)
+    if len(values) < 2:  # no spread from one run
+        return f"{values.mean():.{digits}f} (n = 1)"
     low, high = t_interval(values)
-    return f"{values.mean():.2f} ± {sample_std(values):.2f} [{low:.2f}, {high:.2f}]"
+    return f"{values.mean():.{digits}f} ± {sample_std(values):.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _plots(family: str, task: str, methods: list[str], out: Path, figures: Path, page: Path) -> list[str]:
@@ -314,25 +316,31 @@ def write_results(suite: dict, path: Path, figures: Path | None = None) -> str:
              "[95% t-interval] over runs (bases x steering seeds); lift = steered minus its own base, paired.", ""]
     planned = plan(suite)
     for family, spec in suite["families"].items():
+        # the family's primary metric (``metric: return`` for tasks without a success notion) gets the intervals
+        key, other = (("return_mean", "success_rate") if spec.get("metric") == "return" else ("success_rate", "return_mean"))
+        label, other_label, digits = ("return", "success", 1) if key == "return_mean" else ("success", "return", 2)
         lines += [f"## {spec.get('title', family)}", ""]
-        lines += ["| task | method | runs | env steps | base success | steered success | lift | base return | "
-                  "steered return | entropy (nats) | drift |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| task | method | runs | env steps | base {label} | steered {label} | lift ({label}) | "
+                  f"{other_label} (base -> steered) | entropy (nats) | drift |", "|---|---|---|---|---|---|---|---|---|---|"]
         for task in spec["tasks"]:
             for method in spec["methods"]:
                 runs = [r for r in reports if r["task"] == task and r["method"] == method and r["family"] == family]
                 expected = sum(1 for r in planned if (r.family, r.task, r.method) == (family, task, method))
                 if not runs:
-                    lines.append(f"| {task} | {method} | 0 / {expected} | | | | | | | | |")
+                    lines.append(f"| {task} | {method} | 0 / {expected} | | | | | | | |")
                     continue
-                get = lambda part, key: [r[part][key] for r in runs]  # noqa: E731
-                lift = np.subtract(get("steered", "success_rate"), get("base", "success_rate"))
+                get = lambda part, name: [r[part][name] for r in runs]  # noqa: E731
+                lift = np.subtract(get("steered", key), get("base", key))
+                fmt = "{:.1f}" if other == "return_mean" else "{:.2f}"
                 lines.append(f"| {task} | {method} | {len(runs)} / {expected} | {runs[0]['budget']} | "
-                             f"{_mean_sd_ci(get('base', 'success_rate'))} | {_mean_sd_ci(get('steered', 'success_rate'))} | "
-                             f"{_mean_sd_ci(lift)} | {np.mean(get('base', 'return_mean')):.1f} | "
-                             f"{np.mean(get('steered', 'return_mean')):.1f} ± {sample_std(get('steered', 'return_mean')):.1f} | "
+                             f"{_mean_sd_ci(get('base', key), digits)} | {_mean_sd_ci(get('steered', key), digits)} | "
+                             f"{_mean_sd_ci(lift, digits)} | {fmt.format(np.mean(get('base', other)))} -> "
+                             f"{fmt.format(np.mean(get('steered', other)))} | "
                              f"{np.mean(get('base', 'action_entropy')):.2f} -> {np.mean(get('steered', 'action_entropy')):.2f} | "
                              f"{np.mean(get('steered', 'action_drift')):.3f} |")
         lines.append("")
+        if spec.get("papers"):  # the published numbers for the matching tasks (other bases and budgets: context only)
+            lines += [f"Published: {spec['papers'].strip()}", ""]
         for task in spec["tasks"]:
             lines += _plots(family, task, list(spec["methods"]), out, figures, path)
         lines.append("")
