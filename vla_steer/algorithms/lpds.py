@@ -8,7 +8,7 @@ Critics: ``action`` = the dual-Q structure of DSRL-NA (Q^A by TD, Q^W distilled 
 ``latent`` = Q^W trained directly by TD in latent space, for bases whose decode state is too large to
 store in a replay buffer (VLAs with KV caches).
 
-Our choices where the paper is silent (documented in docs/algorithms.md): the multiplier starts at
+Our choices where the paper is silent (README, "Design choices worth knowing"): the multiplier starts at
 ``init_multiplier`` (0) with step ``dual_lr`` (0.05), and the actor's Q term is divided by mean |Q| so that
 the multiplier's scale does not depend on the reward scale.
 """
