@@ -77,6 +77,12 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     assert copied["steered"] == json.loads(runs[0].report_file.read_text())["steered"]
     assert (same.directory / "train" / "metrics.jsonl").is_file()  # its learning curve is the twin's
     del spec["families"]["sweep"]
+    # a family without a success notion reports returns with intervals, and the papers' numbers under its table
+    spec["families"]["lander"].update(metric="return", papers="Paper X: 200 on this task.")
+    text = suite.write_results(spec, tmp_path / "RESULTS.md")
+    assert "| base return | steered return | lift (return) | success (base -> steered) |" in text
+    assert "Published: Paper X: 200 on this task." in text
+    del spec["families"]["lander"]["metric"], spec["families"]["lander"]["papers"]
     # editing a method after its runs finished: they are stale, and left out of the results
     spec["families"]["lander"]["methods"]["lpds"]["algorithm"]["batch_size"] = 16
     assert [suite.state(run) for run in suite.plan(spec)][:4] == ["stale", "stale", "stale", "todo"]
