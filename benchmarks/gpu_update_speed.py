@@ -75,6 +75,7 @@ def vla_steer_learner(recipe, algorithm: str, device: torch.device, buffer_rows:
     from vla_steer.adapters.base import LatentLayout
     from vla_steer.adapters.native import NativePolicyAdapter
     from vla_steer.algorithms import build_algorithm
+    from vla_steer.algorithms.base import as_floats
     from vla_steer.algorithms.configs import AlgorithmConfig, algorithm_config, field_names
     from vla_steer.policies.base import ChunkPolicyConfig, build_chunk_policy
     from vla_steer.training.buffer import ReplayBuffer
@@ -106,8 +107,7 @@ def vla_steer_learner(recipe, algorithm: str, device: torch.device, buffer_rows:
 
     def run(updates: int) -> None:
         for _ in range(updates):
-            metrics = update(buffer.sample(batch_size, g, device=accelerator.device))
-            {name: value.item() for name, value in metrics.items()}  # as the Learner reads them
+            as_floats(update(buffer.sample(batch_size, g, device=accelerator.device)))  # as the Learner reads them
 
     return run
 

@@ -62,7 +62,7 @@ class SteeringAlgorithm(nn.Module):
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One gradient update on a replay batch; its metrics as floats."""
-        return {name: value.item() for name, value in self.update_on_device(batch).items()}
+        return as_floats(self.update_on_device(batch))
 
     def update_on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One gradient update; its metrics stay on the device as 0-d tensors. Nothing in it waits for the device
@@ -156,6 +156,12 @@ class SteeringAlgorithm(nn.Module):
             raise KeyError(f"optimizer states for {sorted(states)}, this algorithm has {sorted(self.optimizers)}")
         for name, state in states.items():
             self.optimizers[name].load_state_dict(state)
+
+
+def as_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """0-d metric tensors as floats, in one device-to-host copy (one wait for the device, not one per metric)."""
+    values = torch.stack([value.detach().float() for value in metrics.values()]).tolist() if metrics else []
+    return dict(zip(metrics, values))
 
 
 @contextmanager

@@ -10,6 +10,7 @@ import torch
 from accelerate import Accelerator
 
 from vla_steer.algorithms import SteeringAlgorithm
+from vla_steer.algorithms.base import as_floats
 from vla_steer.config import Recipe
 from vla_steer.training.buffer import ReplayBuffer
 
@@ -56,7 +57,7 @@ class Learner:
                 self._graphed, self._try_graph = graphed_update(self.algo, batch), False
             metrics = self._graphed(batch) if self._graphed else self.algo.update_on_device(batch)
         self.updates += 1
-        return {name: value.item() for name, value in metrics.items()}
+        return as_floats(metrics)
 
     def pretrain_critic(self, updates: int, show_progress: bool = False) -> dict[str, float]:
         """Critic-only updates on the offline data (the action critic, then Q^W distilled from it)."""
