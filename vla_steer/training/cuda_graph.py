@@ -8,7 +8,8 @@ CPU-side contract and ``benchmarks/gpu_update_speed.py`` for the measured speed-
 What makes the capture valid: the algorithms' ``update_on_device`` never waits for the device, their optimisers are
 capturable on CUDA (``SteeringAlgorithm.make_optimizer``), and every batch is copied into the same static tensors.
 Capture needs a few eager warm-up updates (on a side stream, as CUDA requires); their effect on the weights and
-optimiser states is undone afterwards, so a graphed run takes exactly the updates an eager one takes.
+optimiser states is undone afterwards, so a graphed run starts from the same weights and optimiser state and takes as
+many updates as an eager one (its random draws differ: the warm-up used some of the CUDA generator's stream).
 """
 
 from __future__ import annotations
