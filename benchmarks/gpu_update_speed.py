@@ -18,7 +18,6 @@ built-in DDIM policy with random weights (only DSRL-NA's distillation decodes th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -76,7 +75,7 @@ def vla_steer_learner(recipe, algorithm: str, device: torch.device, buffer_rows:
     from vla_steer.adapters.native import NativePolicyAdapter
     from vla_steer.algorithms import build_algorithm
     from vla_steer.algorithms.base import as_floats
-    from vla_steer.algorithms.configs import AlgorithmConfig, algorithm_config, field_names
+    from vla_steer.algorithms.configs import config_for_method
     from vla_steer.policies.base import ChunkPolicyConfig, build_chunk_policy
     from vla_steer.training.buffer import ReplayBuffer
     from vla_steer.training.cuda_graph import graphed_update
@@ -87,9 +86,7 @@ def vla_steer_learner(recipe, algorithm: str, device: torch.device, buffer_rows:
     accelerator = Accelerator(cpu=device.type == "cpu")
     adapter = NativePolicyAdapter(policy.to(accelerator.device))
     layout = LatentLayout(recipe.head.latent_layout, adapter.noise_shape)
-    own = dataclasses.asdict(recipe.algorithm)  # the recipe's values where they apply (as update_speed.py)
-    shared = own if algorithm == recipe.algorithm.name else {k: own[k] for k in field_names(AlgorithmConfig)}
-    algo = build_algorithm(algorithm_config(**{**shared, "name": algorithm}), recipe.head, adapter, layout, accelerator)
+    algo = build_algorithm(config_for_method(recipe.algorithm, algorithm), recipe.head, adapter, layout, accelerator)
     g = torch.Generator().manual_seed(0)
     rows, chunk = buffer_rows, adapter.n_action_steps * ACTION_DIM
     buffer = ReplayBuffer(rows, device=accelerator.device)

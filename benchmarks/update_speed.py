@@ -13,7 +13,6 @@ Writes ``benchmarks/results/update_speed.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from vla_steer.algorithms import build_algorithm
-from vla_steer.algorithms.configs import AlgorithmConfig, algorithm_config, field_names
+from vla_steer.algorithms.configs import config_for_method
 from vla_steer.config import load_recipe
 from vla_steer.training import SteeringTrainer
 
@@ -80,9 +79,7 @@ def main() -> None:
 
     algorithms = {}
     for name, fields in VARIANTS.items():
-        own = dataclasses.asdict(recipe.algorithm)  # the recipe's values where the variant is its method
-        shared = own if fields["name"] == recipe.algorithm.name else {k: own[k] for k in field_names(AlgorithmConfig)}
-        cfg = algorithm_config(**{**shared, **fields})
+        cfg = config_for_method(recipe.algorithm, **fields)
         algorithms[name] = build_algorithm(cfg, recipe.head, trainer.adapter, trainer.layout, trainer.accelerator)
     generator = torch.Generator().manual_seed(0)
     seconds = {name: 0.0 for name in algorithms}

@@ -124,3 +124,13 @@ def test_recipes_on_built_in_envs_parse_without_importing_torch():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
+
+
+def test_a_config_for_another_method_keeps_only_the_shared_fields():
+    from vla_steer.algorithms.configs import config_for_method
+
+    lpds = algorithm_config("lpds", batch_size=64, delta=0.7, critic="latent")
+    assert config_for_method(lpds, "lpds") == lpds  # its own method: every value carried
+    sac = config_for_method(lpds, "dsrl_sac", utd=3)
+    assert isinstance(sac, DSRLSACConfig) and sac.batch_size == 64 and sac.utd == 3
+    assert not hasattr(sac, "delta")

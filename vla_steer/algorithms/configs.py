@@ -105,6 +105,14 @@ def algorithm_config(name: str = DEFAULT_ALGORITHM, **fields) -> AlgorithmConfig
     return cls(**fields)
 
 
+def config_for_method(cfg: AlgorithmConfig, name: str, **fields) -> AlgorithmConfig:
+    """``cfg``'s values for method ``name`` (e.g. to compare methods on one recipe): all of them when ``name`` is
+    ``cfg``'s own method, else only the fields every method shares; ``fields`` override."""
+    own = dataclasses.asdict(cfg)
+    shared = own if name == cfg.name else {k: own[k] for k in field_names(AlgorithmConfig)}
+    return algorithm_config(**{**shared, **fields, "name": name})
+
+
 def field_names(cls: type[AlgorithmConfig]) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
