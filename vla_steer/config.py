@@ -143,6 +143,19 @@ class OfflineConfig:
 
 
 @dataclass
+class SafetyConfig:
+    """Limits the acting loop enforces on whatever the head outputs (``vla_steer/robot/safety.py``), in the env's
+    action space. Latents are always checked (non-finite -> the base's prior draw) and clipped to ``head.bound``."""
+
+    action_low: Optional[Union[float, list]] = None  # per action dimension (or one number for all); null = none
+    action_high: Optional[Union[float, list]] = None
+    max_action_step: Optional[Union[float, list]] = None  # largest change of a dimension between two control steps
+    control_period_s: Optional[float] = bounded(None, gt=0)  # robot envs: the watchdog's deadline per control step
+    watchdog_misses: int = bounded(3, ge=1, le=1000)  # consecutive missed deadlines that stop the robot
+    pace_to_fps: Optional[bool] = None  # robot envs: wait out 1/env.fps between actions (null: real robots yes, gym_hil no)
+
+
+@dataclass
 class Recipe:
     name: str = "unnamed"
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -152,6 +165,7 @@ class Recipe:
     algorithm: AlgorithmConfig = field(default_factory=ALGORITHM_CONFIGS[DEFAULT_ALGORITHM])
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -357,8 +371,11 @@ def validate_recipe(recipe: Recipe) -> None:
     if env.type is not None:
         from vla_steer.envs.lerobot_envs import lerobot_env_config
 
-        built_in_only = [name for name in ("observation", "image_size", "camera", "state", "kwargs", "max_episode_steps")
-                         if getattr(env, name) != getattr(EnvConfig(), name)]
+        from vla_steer.envs.robot_env import ENV_TYPE as ROBOT_ENV_TYPE
+
+        own = ("observation", "image_size", "camera", "state", "max_episode_steps")
+        own += () if env.type == ROBOT_ENV_TYPE else ("kwargs",)  # gym_hil's gym.make arguments
+        built_in_only = [name for name in own if getattr(env, name) != getattr(EnvConfig(), name)]
         if built_in_only:
             raise RecipeError(f"env.{built_in_only[0]} applies to built-in envs (env.id) only; with env.type set the "
                               "LeRobot env's own fields shape it (e.g. obs_type, episode_length)")

@@ -29,6 +29,9 @@ class SteeringAlgorithm(nn.Module):
     config_class: type[AlgorithmConfig] = AlgorithmConfig
     #: whether updates decode executed actions from the replay buffer's stored decode state
     needs_stored_decode_state = False
+    #: whether the critic learns from any executed action (a person's intervention included), not only from actions
+    #: decoded from the stored latent: an intervened transition's latent did not produce what ran
+    learns_from_executed_actions = False
 
     def __init__(self, cfg: AlgorithmConfig, head: HeadConfig, adapter: SteerableAdapter, layout: LatentLayout,
                  accelerator: Accelerator):

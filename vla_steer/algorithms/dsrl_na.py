@@ -20,6 +20,7 @@ class DualCriticMixin:
     """Q^A by TD on executed actions + Q^W distilled from Q^A on prior noise (shared by DSRL-NA and LP-DS)."""
 
     needs_stored_decode_state = True
+    learns_from_executed_actions = True  # Q^A reads the executed action
 
     def init_dual_critics(self):
         F, head = self.adapter.feature_dim, self.head_cfg

@@ -45,6 +45,10 @@ class LPDS(DualCriticMixin, SteeringAlgorithm):
     def needs_stored_decode_state(self) -> bool:
         return self.cfg.critic == "action"
 
+    @property
+    def learns_from_executed_actions(self) -> bool:
+        return self.cfg.critic == "action"
+
     def steer(self, features, eps=None):
         """``(z, Delta)`` with fresh prior noise unless ``eps`` is given (the acting rule, with Delta for the loss)."""
         return residual_latent(self.delta_net, features, self.head_cfg.bound, eps)

@@ -10,6 +10,10 @@ the executed ``action`` (environment space) it writes the steering state and the
     next.success        bool    [1]           the env's success flag after the step
     next.done           bool    [1]           true termination only (a time limit is not done)
 
+and, for robot envs (``interventions=True``)::
+
+    steering.intervention  bool [1]           a person's action was executed on this step (``action`` is theirs)
+
 so the dataset trains the action critic offline (:func:`vla_steer.data.offline.offline_chunk_transitions`), and
 LeRobot's tools (``lerobot-train``, the dataset viewer) read it as any other dataset. Images are stored as PNG
 inside the parquet files (``dtype: image``), losslessly: frames reload exactly.
@@ -208,7 +212,8 @@ class RolloutRecorder:
     """
 
     def __init__(self, root: str | Path, *, fps: int, observation_features: dict[str, dict], action_dim: int,
-                 latent_dim: int, task: str, repo_id: str | None = None, append: bool = False):
+                 latent_dim: int, task: str, repo_id: str | None = None, append: bool = False,
+                 interventions: bool = False):
         import datasets
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -217,6 +222,8 @@ class RolloutRecorder:
         self.task = task
         self.repo_id = repo_id or f"vla_steer/{self.root.name}"
         self.action_dim, self.latent_dim = int(action_dim), int(latent_dim)
+        self.interventions = interventions
+        self.frame_keys = set(_FRAME_KEYS) | ({"intervention"} if interventions else set())
         self.features = self._features(observation_features)
         self.observation_keys = list(observation_features)
         self.image_keys = [key for key in self.observation_keys if self.features[key]["dtype"] == "image"]
@@ -258,7 +265,8 @@ class RolloutRecorder:
 
     # ------------------------------------------------------------------------------------------------
     def _features(self, observation_features: dict[str, dict]) -> dict[str, dict]:
-        reserved = {"action", "steering.latent", "steering.chunk_row", "next.reward", "next.success", "next.done",
+        reserved = {"action", "steering.latent", "steering.chunk_row", "steering.intervention", "next.reward",
+                    "next.success", "next.done",
                     "timestamp", "frame_index", "episode_index", "index", "task_index", "task"}
         features = {}
         for key, spec in observation_features.items():
@@ -281,10 +289,12 @@ class RolloutRecorder:
             "next.success": {"dtype": "bool", "shape": (1,), "names": None},
             "next.done": {"dtype": "bool", "shape": (1,), "names": None},
         })
+        if self.interventions:
+            features["steering.intervention"] = {"dtype": "bool", "shape": (1,), "names": None}
         return features
 
     def _convert(self, frame: dict) -> dict:
-        expected = set(self.observation_keys) | set(_FRAME_KEYS)
+        expected = set(self.observation_keys) | self.frame_keys
         missing, unknown = expected - set(frame), set(frame) - expected - {"task"}
         if missing or unknown:
             raise KeyError(f"frame keys: missing {sorted(missing)}, unknown {sorted(unknown)}; a frame holds "
@@ -300,6 +310,8 @@ class RolloutRecorder:
         out["next.reward"] = _vector("reward", frame["reward"], "float32", (1,))
         out["next.success"] = _vector("success", frame["success"], "bool", (1,))
         out["next.done"] = _vector("done", frame["done"], "bool", (1,))
+        if self.interventions:
+            out["steering.intervention"] = _vector("intervention", frame["intervention"], "bool", (1,))
         out["task"] = str(frame.get("task", self.task))
         return out
 

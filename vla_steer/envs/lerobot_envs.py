@@ -33,6 +33,8 @@ def lerobot_env_config_class(env_type: str):
 def lerobot_env_config(env_type: str, options: dict[str, Any]):
     """The LeRobot ``EnvConfig`` of ``env_type`` with ``options`` as its fields; a ``ValueError`` names any unknown
     field (with the closest allowed one) or value the config refuses."""
+    from vla_steer.envs.robot_env import ENV_TYPE as ROBOT_ENV_TYPE, robot_env_config
+
     cls = lerobot_env_config_class(env_type)
     allowed = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("features", "features_map")]
     for key in options:
@@ -40,16 +42,26 @@ def lerobot_env_config(env_type: str, options: dict[str, Any]):
             close = difflib.get_close_matches(key, allowed, n=1)
             raise ValueError(f"unknown field 'env.{key}' for LeRobot env type {env_type!r}."
                              + (f" Did you mean {close[0]!r}?" if close else "") + f" Its fields: {', '.join(allowed)}")
+    if env_type == ROBOT_ENV_TYPE:  # nested robot / teleop / processor sections: decoded as LeRobot decodes them
+        return robot_env_config(options)
     try:
         return cls(**options)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"env.type {env_type!r} refuses these fields: {exc}") from None
 
 
-def make_lerobot_env(env_config) -> gym.Env:
+def make_lerobot_env(env_config, kwargs: dict | None = None, with_teleop: bool = True, safety=None) -> gym.Env:
     """One env, built by LeRobot's ``make_env`` exactly as ``lerobot-eval`` builds each env of its vector env (for
-    multi-task suites such as LIBERO: the first task of the first suite)."""
+    multi-task suites such as LIBERO: the first task of the first suite). A robot env (``gym_manipulator``, which
+    ``make_env`` cannot build) comes from LeRobot's ``make_robot_env`` / ``make_processors`` instead
+    (:class:`vla_steer.envs.robot_env.LeRobotRobotEnv`; ``kwargs``, ``with_teleop`` and ``safety`` apply to it only)."""
+    from lerobot.envs.configs import HILSerlRobotEnvConfig
     from lerobot.envs.factory import make_env
+
+    if isinstance(env_config, HILSerlRobotEnvConfig):
+        from vla_steer.envs.robot_env import LeRobotRobotEnv
+
+        return LeRobotRobotEnv(env_config, kwargs, with_teleop, safety)
 
     suites = make_env(env_config, n_envs=1)
     vector_env = next(iter(next(iter(suites.values())).values()))

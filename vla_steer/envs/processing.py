@@ -47,7 +47,11 @@ class ObservationPipeline:
         if self.lerobot_env:
             from lerobot.envs.utils import preprocess_observation
 
-            return preprocess_observation({key: np.asarray(value) for key, value in raw.items()})
+            # a robot env's observations went through LeRobot's env processors already (``observation.*`` keys)
+            processed = {key: torch.as_tensor(np.asarray(value)) for key, value in raw.items()
+                         if key.startswith("observation.")}
+            rest = {key: np.asarray(value) for key, value in raw.items() if not key.startswith("observation.")}
+            return {**preprocess_observation(rest), **processed} if rest else processed
         if isinstance(raw, dict):
             return {key: torch.as_tensor(np.asarray(value)) for key, value in raw.items()}
         frames = torch.as_tensor(np.asarray(raw), dtype=torch.float32)

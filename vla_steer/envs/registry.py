@@ -147,7 +147,12 @@ class ActionChunk(gym.Wrapper):
     chunk sees the frames it would have seen under ``lerobot-eval``.
 
     ``keep_frames``: ``info["frames"]`` lists every executed step as ``{"observation": the observation the action
-    was taken from, "action", "reward", "success", "terminated"}`` (for recording rollouts as a dataset).
+    was taken from, "action", "reward", "success", "terminated", "intervention"}`` (for recording rollouts as a
+    dataset).
+
+    Robot envs report a person's intervention per step (``info["is_intervention"]``, ``info["executed_action"]``):
+    the chunk's ``info["intervened"]`` says whether any row was replaced, ``info["executed_actions"]`` holds the
+    rows as executed (the chunk itself where no one intervened), and frames record what was executed.
     """
 
     def __init__(self, env, n_steps: int, n_obs_steps: int = 1, keep_frames: bool = False):
@@ -179,18 +184,22 @@ class ActionChunk(gym.Wrapper):
     def step(self, chunk):
         total, success, info, frames = 0.0, False, {}, []
         terminated = truncated = None
-        for k, action in enumerate(np.asarray(chunk)):
+        chunk = np.asarray(chunk)
+        executed, intervened = np.array(chunk, dtype=np.float32), False
+        for k, action in enumerate(chunk):
             obs, reward, terminated, truncated, info = self.env.step(action)
             success = success or bool(info.get("is_success", False))
+            if info.get("is_intervention", False):  # a person's action ran instead of this row (robot envs)
+                executed[k], intervened = np.asarray(info["executed_action"], np.float32).reshape(-1), True
             if self.keep_frames:
-                frames.append({"observation": self._history[-1], "action": np.asarray(action, np.float32),
+                frames.append({"observation": self._history[-1], "action": executed[k],
                                "reward": float(reward), "success": bool(info.get("is_success", False)),
-                               "terminated": bool(terminated)})
+                               "terminated": bool(terminated), "intervention": bool(info.get("is_intervention", False))})
             self._history.append(obs)
             total += reward
             if terminated or truncated:
                 break
-        info = dict(info, chunk_steps=k + 1, is_success=success)
+        info = dict(info, chunk_steps=k + 1, is_success=success, intervened=intervened, executed_actions=executed)
         if self.keep_frames:
             info["frames"] = frames
         return self._observation(), total, terminated, truncated, info

@@ -77,6 +77,16 @@ def step_info(info: dict, done: np.ndarray, key: str) -> np.ndarray:
     return values
 
 
+def step_arrays(info: dict, done: np.ndarray, key: str) -> list[np.ndarray | None]:
+    """Per env, the array ``key`` of a SAME_STEP-autoreset vector info (``None`` where the env did not report it)."""
+    values = []
+    for i, finished in enumerate(done):
+        source = info.get("final_info", {}) if finished else info
+        present = key in source and bool(np.asarray(source.get(f"_{key}", np.ones(len(done), bool)))[i])
+        values.append(np.asarray(source[key][i]) if present else None)
+    return values
+
+
 def step_frames(info: dict, done: np.ndarray) -> list[list[dict]]:
     """Per env, the executed steps :class:`ActionChunk` listed in ``info["frames"]`` (``keep_frames``)."""
     frames = []
@@ -87,18 +97,22 @@ def step_frames(info: dict, done: np.ndarray) -> list[list[dict]]:
 
 
 def make_vector_env(recipe: Recipe, num_envs: int, seed: int, n_action_steps: int, n_obs_steps: int = 1,
-                    keep_frames: bool = False) -> gym.vector.VectorEnv:
+                    keep_frames: bool = False, with_teleop: bool = True) -> gym.vector.VectorEnv:
     """``num_envs`` chunked envs (SAME_STEP autoreset). A LeRobot env (``env.type``) is built by LeRobot's
-    ``make_env`` as ``lerobot-eval`` builds it; a built-in one by the registry."""
+    ``make_env`` as ``lerobot-eval`` builds it (a robot env by LeRobot's ``make_robot_env``; ``with_teleop=False``
+    leaves a simulated one's person out, for evaluation); a built-in one by the registry."""
     e = recipe.env
 
     def factory(i):
         def make():
             if e.type is not None:
                 from vla_steer.envs.lerobot_envs import lerobot_env_config, make_lerobot_env
+                from vla_steer.envs.robot_env import ENV_TYPE as ROBOT_ENV_TYPE
 
-                env = SuccessInfo(make_lerobot_env(lerobot_env_config(e.type, e.options)), e.reward_mode,
-                                  e.terminate_on_success, e.reward_scale)
+                robot = e.type == ROBOT_ENV_TYPE
+                lerobot_env = make_lerobot_env(lerobot_env_config(e.type, e.options), e.kwargs if robot else None,
+                                               with_teleop, recipe.safety)
+                env = SuccessInfo(lerobot_env, e.reward_mode, e.terminate_on_success, e.reward_scale)
             else:
                 env = make_env(e.id, seed=seed + i, max_episode_steps=e.max_episode_steps, reward_mode=e.reward_mode,
                                terminate_on_success=e.terminate_on_success, reward_scale=e.reward_scale,
@@ -109,6 +123,14 @@ def make_vector_env(recipe: Recipe, num_envs: int, seed: int, n_action_steps: in
 
     cls = gym.vector.AsyncVectorEnv if e.vectorization == "async" else gym.vector.SyncVectorEnv
     return cls([factory(i) for i in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def make_guard(recipe: Recipe, action_dim: int):
+    """The recipe's :class:`vla_steer.robot.safety.SafetyGuard` for env actions of ``action_dim`` dimensions."""
+    from vla_steer.robot.safety import SafetyGuard
+
+    s = recipe.safety
+    return SafetyGuard(action_dim, recipe.head.bound, s.action_low, s.action_high, s.max_action_step)
 
 
 class EpisodeTracker:
@@ -146,13 +168,18 @@ class Collector:
             is appended to: a resumed run goes on recording where it stopped).
     """
 
-    def __init__(self, recipe: Recipe, base, layout: LatentLayout, seed: int, record_to=None):
+    def __init__(self, recipe: Recipe, base, layout: LatentLayout, seed: int, record_to=None, with_teleop: bool = True):
+        from vla_steer.envs.robot_env import ENV_TYPE as ROBOT_ENV_TYPE
+
         self.recipe, self.base, self.adapter, self.layout = recipe, base, base.adapter, layout
         self.seed, self.record_to, self.recorder = seed, record_to, None
         self.num_envs = recipe.env.num_envs
+        # a robot env (or its simulated stand-in) reports a person's interventions: transitions carry the flag
+        self.robot = recipe.env.type == ROBOT_ENV_TYPE
         self.envs = make_vector_env(recipe, self.num_envs, seed, self.adapter.n_action_steps, self.adapter.n_obs_steps,
-                                    keep_frames=record_to is not None)
+                                    keep_frames=record_to is not None, with_teleop=with_teleop)
         self.tracker = EpisodeTracker(self.num_envs)
+        self.guard = make_guard(recipe, self.envs.single_action_space.shape[-1])
         self.env_steps = 0  # env steps actually executed by this collector
         self.obs = self.context = None
 
@@ -196,11 +223,17 @@ class Collector:
     def step(self, choose_latent: Callable[[torch.Tensor], torch.Tensor], discount_gamma: float,
              discount_mode: str) -> dict[str, torch.Tensor]:
         """Act once in every env; returns the replay transition (``features``, ``latent``, ``action`` (normalised,
-        flattened), ``reward`` (summed over the chunk), ``discount``, ``terminated``, ``next_features`` and, for
-        storable contexts, ``decode_state`` / ``next_decode_state``)."""
+        flattened), ``reward`` (summed over the chunk), ``discount``, ``terminated``, ``next_features``, for
+        storable contexts ``decode_state`` / ``next_decode_state``, and in robot envs ``intervention``: 1 where a
+        person's actions replaced rows of the chunk; ``action`` then holds the rows as executed)."""
         context = self.context
-        latent = choose_latent(context.features)
+        latent = self.guard.latent(choose_latent(context.features),
+                                   lambda n: torch.randn(n, self.layout.latent_dim, device=context.features.device))
         actions, env_actions = self.env_actions(context, latent)
+        safe = self.guard.actions(env_actions)
+        if not np.array_equal(safe, env_actions):  # what is stored is what is sent
+            actions = self.base.normalize_actions(torch.as_tensor(safe, device=actions.device)).to(actions.dtype)
+            env_actions = safe
         next_obs, reward, terminated, truncated, info = self.envs.step(env_actions)
         check_finite("reward", reward, self.env_steps)
         check_finite("observation", next_obs, self.env_steps)
@@ -213,15 +246,22 @@ class Collector:
             check_finite("final observation", stored_next, self.env_steps)
         next_context = self.encode(stored_next)
         discount = chunk_discount(discount_gamma, chunk_steps, discount_mode)
+        intervened = step_info(info, done, "intervened") > 0 if self.robot else np.zeros(len(done), bool)
+        if intervened.any():
+            actions = self._executed(actions, step_arrays(info, done, "executed_actions"), intervened)
         transition = {
             "features": context.features, "latent": latent, "action": actions.flatten(1),
             "reward": torch.as_tensor(reward, dtype=torch.float32), "discount": torch.as_tensor(discount, dtype=torch.float32),
             "terminated": torch.as_tensor(terminated, dtype=torch.float32), "next_features": next_context.features,
         }
+        if self.robot:
+            transition["intervention"] = torch.as_tensor(intervened, dtype=torch.float32)
         if context.storable:
             transition["decode_state"] = context.decode_state
             transition["next_decode_state"] = next_context.decode_state
         ended = self.tracker.update(reward, done, chunk_steps, step_info(info, done, "is_success") > 0)
+        for i in np.nonzero(done)[0]:
+            self.guard.new_episode(int(i))
         if self.record_to is not None:
             self._record(info, done, latent, ended)
         # the context to act from next: reuse the encode unless an episode restarted
@@ -229,12 +269,23 @@ class Collector:
         self.context = self.encode(next_obs) if done.any() else next_context
         return transition
 
+    def _executed(self, actions: torch.Tensor, executed: list, intervened: np.ndarray) -> torch.Tensor:
+        """``actions`` (normalised ``[B, k, A]``) with the chunks a person intervened in replaced by what ran: the
+        executed env actions, normalised as the policy normalises its own (rows the person left are re-normalised
+        from their own env actions, the identity up to rounding)."""
+        actions = actions.clone()
+        for i in np.nonzero(intervened)[0]:
+            rows = torch.as_tensor(executed[i], dtype=torch.float32, device=actions.device).reshape(actions.shape[1:])
+            actions[i] = self.base.normalize_actions(rows).to(actions.dtype)
+        return actions
+
     def _record(self, info: dict, done: np.ndarray, latent: torch.Tensor, ended: np.ndarray) -> None:
         latent = latent.detach().float().cpu().numpy()
         for i, frames in enumerate(step_frames(info, done)):
             rows = [{**self._frame_observation(frame["observation"]), "action": frame["action"], "latent": latent[i],
                      "reward": frame["reward"], "success": frame["success"], "done": frame["terminated"],
-                     "chunk_row": row} for row, frame in enumerate(frames)]
+                     "chunk_row": row, **({"intervention": frame["intervention"]} if self.robot else {})}
+                    for row, frame in enumerate(frames)]
             if self.recorder is None:
                 self.recorder = self._open_recorder(rows[0], latent.shape[1])
             self.recorder.add_frames(i, rows)
@@ -265,7 +316,7 @@ class Collector:
         root = Path(self.record_to)
         return RolloutRecorder(root, fps=getattr(config, "fps", 30), observation_features=features,
                                action_dim=int(np.asarray(frame["action"]).shape[0]), latent_dim=latent_dim,
-                               task=self.tasks()[0], append=root.exists())
+                               task=self.tasks()[0], append=root.exists(), interventions=self.robot)
 
     def close(self) -> None:
         self.envs.close()

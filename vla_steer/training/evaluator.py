@@ -66,7 +66,7 @@ class Evaluator:
         n_envs = min(t.eval_num_envs, t.eval_episodes)
         quota = np.array([t.eval_episodes // n_envs + (i < t.eval_episodes % n_envs) for i in range(n_envs)])
         eval_recipe = _with_num_envs(self.recipe, n_envs)
-        collector = Collector(eval_recipe, self.base, self.layout, seed=self.seed)
+        collector = Collector(eval_recipe, self.base, self.layout, seed=self.seed, with_teleop=False)  # the head alone
         obs, _ = collector.envs.reset(seed=[self.seed + i for i in range(n_envs)])  # same start states every time
         tracker, finished = EpisodeTracker(n_envs), np.zeros(n_envs, int)
         entropy_contexts, latent_norms, delta_norms = [], [], []

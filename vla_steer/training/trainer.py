@@ -172,7 +172,8 @@ class SteeringTrainer:
 
     def collect(self, warm: bool) -> None:
         a = self.recipe.algorithm
-        self.learner.add(self.collector.step(self.choose_latent(warm), a.gamma, a.discount_mode))
+        transition = self.collector.step(self.choose_latent(warm), a.gamma, a.discount_mode)
+        self.learner.add(learnable(transition, self.algo))
 
     # ---------------------------------------------------------------------------------------------------
     # checkpoints
@@ -399,6 +400,17 @@ class SteeringTrainer:
         if t.log_with:
             acc.end_training()
         return results
+
+
+def learnable(transition: dict[str, torch.Tensor], algo: SteeringAlgorithm) -> dict[str, torch.Tensor]:
+    """The rows of ``transition`` ``algo`` can learn from. A chunk a person intervened in ran their actions, not the
+    latent's: critics of (state, action) pairs learn from it (DSRL-NA, LP-DS with ``critic: action``), a critic of
+    (state, latent) pairs would learn a wrong value for that latent, so DSRL-SAC and LP-DS with ``critic: latent``
+    leave it out of the replay buffer (it is still recorded, flagged, in the rollouts dataset)."""
+    if "intervention" not in transition or algo.learns_from_executed_actions:
+        return transition
+    keep = transition["intervention"] == 0
+    return {key: value[keep] for key, value in transition.items()}
 
 
 def _flat(metrics: dict, prefix: str) -> dict:

@@ -1,0 +1,205 @@
+"""Steering in LeRobot's robot env (``env.type: gym_manipulator``), headless, on LeRobot's MuJoCo stand-in gym_hil.
+
+Real parts throughout: LeRobot's ``HILSerlRobotEnvConfig`` decoded by draccus, LeRobot's ``make_processors`` and
+``step_env_and_process_transition``, LeRobot's teleoperator steps reading :class:`ScriptedTeleop` (the interface the
+keyboard plugs into), gym-hil's PandaPickCube, a tiny random LeRobot DiffusionPolicy, LeRobotDatasets on disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gym_hil", reason="the robot tests need gym-hil (pip install 'vla-steer[robot]')")
+
+from tiny_common import save_with_processors  # noqa: E402
+from vla_steer.config import recipe_from_dict  # noqa: E402
+from vla_steer.envs.lerobot_envs import lerobot_env_config, make_lerobot_env  # noqa: E402
+from vla_steer.envs.robot_env import EmergencyStop  # noqa: E402
+from vla_steer.robot.safety import SafetyGuard, UnsafeActionError, Watchdog, WatchdogError  # noqa: E402
+from vla_steer.training import SteeringTrainer  # noqa: E402
+
+LIMITS = {"action_low": [-0.5, -0.5, -0.5, 0.0], "action_high": [0.5, 0.5, 0.5, 2.0]}
+HUMAN = {"delta_x": 0.25, "delta_y": -0.25, "delta_z": 0.0, "gripper": 1.0}
+
+
+def hil_env(**teleop) -> dict:
+    env = {"type": "gym_manipulator", "name": "gym_hil", "task": "PandaPickCube-v0", "fps": 10, "num_envs": 1,
+           "kwargs": {"image_obs": False}}
+    if teleop:
+        env["teleop"] = {"type": "vla_steer_scripted", "intervention_action": HUMAN, **teleop}
+    return env
+
+
+@pytest.fixture(scope="module")
+def hil_base(tmp_path_factory) -> Path:
+    """A tiny random DiffusionPolicy reading gym_hil's state observations (18-d robot, 3-d block), 4-d EE actions."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
+
+    config = DiffusionConfig(
+        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (18,)),
+                        "observation.environment_state": PolicyFeature(FeatureType.ENV, (3,))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (4,))},
+        n_obs_steps=1, horizon=8, n_action_steps=4, down_dims=(16, 32), kernel_size=3, n_groups=4,
+        diffusion_step_embed_dim=16, device="cpu")
+    torch.manual_seed(0)
+    span = lambda low, high: {"min": torch.tensor(low), "max": torch.tensor(high)}  # noqa: E731
+    stats = {"observation.state": span([-1.0] * 18, [1.0] * 18), "observation.environment_state": span([-1.0] * 3, [1.0] * 3),
+             "action": span([-1.0, -1.0, -1.0, 0.0], [1.0, 1.0, 1.0, 2.0])}
+    return save_with_processors(DiffusionPolicy(config), *make_diffusion_pre_post_processors(config, dataset_stats=stats),
+                                tmp_path_factory.mktemp("hil_base") / "pretrained_model")
+
+
+def hil_recipe(tmp_path: Path, base: Path, env: dict, algorithm: str = "dsrl_na", **train) -> dict:
+    return {"name": "hil", "env": env, "base": {"path": str(base), "adapter_kwargs": {"num_inference_steps": 4}},
+            "head": {"hidden_dim": 32, "num_layers": 2}, "algorithm": {"name": algorithm, "batch_size": 16},
+            "safety": dict(LIMITS),
+            "train": {"total_env_steps": 120, "warmup_env_steps": 40, "eval_every": 120, "eval_episodes": 1,
+                      "eval_num_envs": 1, "entropy_states": 2, "entropy_draws": 4, "checkpoint_every": 120,
+                      "output_dir": str(tmp_path / "run"), "show_progress": False, "torch_threads": 1,
+                      "record_rollouts": True, **train}}
+
+
+def rollouts(run: Path):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    data = LeRobotDataset("vla_steer/rollouts", root=run / "rollouts").hf_dataset
+    return {key: np.array(data[key]) for key in ("episode_index", "action", "next.reward", "next.done",
+                                                 "steering.intervention", "steering.chunk_row")}
+
+
+# -------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("algorithm, learns_from_it", [("dsrl_na", True), ("dsrl_sac", False)])
+def test_an_intervention_is_executed_recorded_flagged_and_learned_from_by_action_critics(tmp_path, hil_base, algorithm,
+                                                                                         learns_from_it):
+    # the "person" holds the intervention button on steps 2..6 of episode 0 (chunks of 4: rows 2-3 and 0-2)
+    recipe = recipe_from_dict(hil_recipe(tmp_path, hil_base, hil_env(interventions=[[0, 2, 6]]), algorithm))
+    trainer = SteeringTrainer(recipe)
+    trainer.run()
+
+    data = rollouts(tmp_path / "run")
+    first = data["episode_index"] == 0
+    flagged = np.nonzero(data["steering.intervention"].ravel() & first)[0]
+    assert flagged.tolist() == [2, 3, 4, 5, 6]
+    human = np.array(list(HUMAN.values()), np.float32)
+    np.testing.assert_allclose(data["action"][flagged], np.tile(human, (5, 1)))  # what ran is the person's action
+    assert not np.allclose(data["action"][first][[0, 1, 7]], human)
+
+    # the buffer: chunks 0 and 1 of episode 0 were intervened in (their executed rows hold the person's actions)
+    buffer = trainer.buffer.storage
+    if learns_from_it:
+        assert trainer.buffer.size == 30 and buffer["intervention"][:2].tolist() == [1.0, 1.0]
+        executed = trainer.base.normalize_actions(torch.as_tensor(human)).float()
+        np.testing.assert_allclose(buffer["action"][0].view(4, 4)[2:].numpy(), executed.expand(2, 4).numpy(), atol=1e-5)
+    else:  # their latents did not produce what ran: DSRL-SAC's latent critic never sees them
+        assert trainer.buffer.size == 28 and buffer["intervention"][:28].sum() == 0
+
+
+def test_a_success_label_ends_the_episode_with_reward_one(tmp_path, hil_base):
+    recipe = recipe_from_dict(hil_recipe(tmp_path, hil_base, hil_env(successes=[[0, 5]], failures=[[1, 2]])))
+    trainer = SteeringTrainer(recipe)
+    trainer.run()
+    data = rollouts(tmp_path / "run")
+    lengths = np.bincount(data["episode_index"])
+    assert lengths[0] == 6 and lengths[1] == 3  # labelled at step 5 (6 steps), failed at step 2 (3 steps)
+    first = data["episode_index"] == 0
+    assert data["next.reward"].ravel()[first].tolist() == [0.0] * 5 + [1.0]
+    assert data["next.done"].ravel()[first][-1] and data["next.reward"].ravel()[data["episode_index"] == 1].sum() == 0
+    assert trainer.collector.tracker.episodes["success"][:2] == [True, False]
+
+
+def robot_env(**teleop):
+    options = {k: v for k, v in hil_env(**teleop).items() if k not in ("type", "num_envs", "kwargs")}
+    return make_lerobot_env(lerobot_env_config("gym_manipulator", options), kwargs={"image_obs": False})
+
+
+def test_the_e_stop_stops_actions_within_one_control_step(tmp_path):
+    env = robot_env(estop_at=7)
+    env.reset(seed=1)
+    sent = 0
+    with pytest.raises(EmergencyStop, match="e-stop"):
+        for _ in range(20):
+            env.step(np.zeros(4, np.float32))
+            sent += 1
+    assert sent == 7
+    assert env.env.unwrapped.data.time == pytest.approx(7 * 0.1)  # the simulator advanced by exactly 7 control steps
+    env.close()
+    env = robot_env(failures=[[5, 0]])
+    env.reset(seed=1)
+    env.step(np.zeros(4, np.float32))
+    env.teleop.disconnect()  # what Esc does to LeRobot's keyboard teleoperator: the same stop
+    with pytest.raises(EmergencyStop, match="disconnected"):
+        env.step(np.zeros(4, np.float32))
+    assert env.env.unwrapped.data.time == pytest.approx(0.1)
+    env.close()
+
+
+@pytest.mark.parametrize("head_output", [float("nan"), float("inf"), 1e6])
+def test_a_broken_head_never_produces_an_out_of_limit_action(tmp_path, hil_base, head_output):
+    from vla_steer.training.collector import Collector
+
+    recipe = recipe_from_dict({**hil_recipe(tmp_path, hil_base, hil_env()), "safety": {**LIMITS, "max_action_step": 0.3}})
+    trainer = SteeringTrainer(recipe)
+    collector: Collector = trainer.collector
+    collector.reset(0)
+    latent_dim = trainer.layout.latent_dim
+    for _ in range(26):  # 104 steps: one finished (recorded) episode of gym_hil's 100
+        transition = collector.step(lambda features: torch.full((features.shape[0], latent_dim), head_output), 0.99, "chunk")
+        assert torch.isfinite(transition["latent"]).all() and transition["latent"].abs().max() <= recipe.head.bound
+    collector.close()
+    data = rollouts(tmp_path / "run")
+    actions = data["action"]
+    assert np.isfinite(actions).all()
+    assert (actions >= np.array(LIMITS["action_low"]) - 1e-6).all() and (actions <= np.array(LIMITS["action_high"]) + 1e-6).all()
+    same_episode = data["episode_index"][1:] == data["episode_index"][:-1]
+    assert (np.abs(np.diff(actions, axis=0))[same_episode] <= 0.3 + 1e-5).all()
+    if not np.isfinite(head_output):
+        assert collector.guard.stats.latents_replaced == 26  # one latent per chunk step, each replaced by the prior
+
+
+def test_the_guard_holds_the_last_command_on_a_non_finite_action_and_refuses_a_first_one():
+    guard = SafetyGuard(action_dim=2, latent_bound=1.0, action_low=-1.0, action_high=1.0, max_action_step=[0.5, 2.0])
+    out = guard.actions(np.array([[[0.2, 0.2], [5.0, -5.0], [np.nan, 0.0]]]))
+    np.testing.assert_allclose(out[0], [[0.2, 0.2], [0.7, -1.0], [0.7, -1.0]])
+    assert guard.stats.as_dict() == {"latents_replaced": 0, "actions_held": 1, "actions_clipped": 1,
+                                     "actions_rate_limited": 1}
+    guard.new_episode(0)
+    with pytest.raises(UnsafeActionError, match="non-finite"):
+        guard.actions(np.array([[[np.inf, 0.0]]]))
+    with pytest.raises(ValueError, match="action_low exceeds"):
+        SafetyGuard(action_dim=2, latent_bound=1.0, action_low=[0.0, 1.0], action_high=[1.0, 0.0])
+    with pytest.raises(ValueError, match="has 3 values"):
+        SafetyGuard(action_dim=2, latent_bound=1.0, action_low=[0.0, 0.0, 0.0])
+
+
+def test_the_watchdog_stops_after_consecutive_missed_deadlines_only():
+    now = [0.0]
+    dog = Watchdog(period_s=0.1, misses=3, clock=lambda: now[0])
+    for period in (0.05, 0.2, 0.2, 0.05, 0.2, 0.2):  # two misses, a good period, two misses: no stop
+        dog.tick()
+        now[0] += period
+    dog.pause()  # a reset: the wait does not count
+    now[0] += 10.0
+    dog.tick()
+    with pytest.raises(WatchdogError, match="3 times in a row"):
+        for _ in range(4):
+            now[0] += 0.3
+            dog.tick()
+
+
+def test_bad_robot_env_options_and_scripts_are_refused_with_the_field_named(tmp_path, hil_base):
+    from vla_steer.config import RecipeError
+
+    with pytest.raises(RecipeError, match="unknown field 'env.robots'"):
+        recipe_from_dict(hil_recipe(tmp_path, hil_base, {**hil_env(), "robots": None}))
+    with pytest.raises(ValueError, match=r"teleop.interventions: each entry is 3 non-negative integers"):
+        make_lerobot_env(lerobot_env_config("gym_manipulator", {"name": "gym_hil", "task": "PandaPickCube-v0",
+                                                                "teleop": {"type": "vla_steer_scripted",
+                                                                           "interventions": [[0, 1]]}}),
+                         kwargs={"image_obs": False})
