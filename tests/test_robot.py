@@ -203,3 +203,81 @@ def test_bad_robot_env_options_and_scripts_are_refused_with_the_field_named(tmp_
                                                                 "teleop": {"type": "vla_steer_scripted",
                                                                            "interventions": [[0, 1]]}}),
                          kwargs={"image_obs": False})
+
+
+# -------------------------------------------------------------------------------------------------------------
+def _spawn(role: str, recipe_file: Path, log: Path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "vla_steer.robot.actor_learner", role, str(recipe_file)],
+                            stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_for(condition, timeout: float, what: str):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killing_the_actor_or_the_learner_loses_no_finished_episode_and_training_resumes(tmp_path, hil_base):
+    import json
+    import signal
+
+    import yaml
+    from safetensors import safe_open
+
+    from vla_steer.robot.actor_learner import episode_files
+
+    run = tmp_path / "run"
+    recipe = hil_recipe(tmp_path, hil_base, hil_env(interventions=[[1, 0, 9]]))
+    recipe["train"].update({"total_env_steps": 1000, "warmup_env_steps": 100, "publish_every": 10,
+                            "record_rollouts": False})
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    log = tmp_path / "log.txt"
+    episodes = lambda: len(episode_files(run))  # noqa: E731
+
+    learner, actor = _spawn("learner", recipe_file, log), _spawn("actor", recipe_file, log)
+    try:
+        _wait_for(lambda: (run / "published_head.safetensors").is_file(), 120, "the first published head")
+        learner.send_signal(signal.SIGKILL)  # the learner dies mid-training; the actor goes on acting
+        learner.wait()
+        killed_at = episodes()
+        _wait_for(lambda: episodes() >= killed_at + 2, 120, "episodes written while the learner is down")
+        learner = _spawn("learner", recipe_file, log)
+        _wait_for(lambda: episodes() >= 6, 120, "six episodes")
+        actor.send_signal(signal.SIGKILL)  # the actor dies mid-episode
+        actor.wait()
+        written = episodes()
+        actor = _spawn("actor", recipe_file, log)
+        assert actor.wait(timeout=300) == 0 and learner.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        for process in (actor, learner):
+            if process.poll() is None:
+                process.kill()
+
+    files = episode_files(run)
+    assert [f.name for f in files] == [f"episode_{i:06d}.safetensors" for i in range(len(files))] and len(files) >= 10
+    assert written < len(files)  # the restarted actor numbered its episodes on
+    state = json.loads((run / "actor_state.json").read_text())
+    steps = 0
+    rows = 0
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            steps += int(f.metadata()["env_steps"])
+            rows += f.get_slice("reward").get_shape()[0]
+    assert state["episodes"] == len(files) and state["env_steps"] == steps >= 1000
+    learner_state = json.loads((run / "learner" / "last" / "learner_state.json").read_text())
+    assert learner_state["ingested"] == len(files) and learner_state["rows"] == rows
+    assert learner_state["updates"] == rows  # utd 1: one update per chunk transition, across the learner's restart
+    versions = [v for v in state["head_versions"] if v >= 0]
+    assert versions == sorted(versions) and versions[-1] > versions[0]  # the actor kept picking up newer heads
+    assert (run / "head" / "head.safetensors").is_file()

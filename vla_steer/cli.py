@@ -315,6 +315,37 @@ def cmd_serve(args) -> None:
     serve(args.server_args)
 
 
+def cmd_actor(args) -> None:
+    from vla_steer.robot.actor_learner import Actor
+
+    print(json.dumps({k: v for k, v in Actor(load_recipe(args.recipe, args.overrides)).run().items()
+                      if not isinstance(v, list)}))
+
+
+def cmd_learner(args) -> None:
+    from vla_steer.robot.actor_learner import LearnerProcess
+
+    print(json.dumps(LearnerProcess(load_recipe(args.recipe, args.overrides)).run()))
+
+
+def cmd_robot(args) -> int:
+    """The learner in a child process, the actor in this one (it owns the robot and the e-stop). A stop of the actor
+    (e-stop, watchdog, Ctrl+C) ends the learner too; either can be restarted alone with `actor` / `learner`."""
+    import subprocess
+
+    recipe = load_recipe(args.recipe, args.overrides)  # checked before anything starts
+    learner = subprocess.Popen([sys.executable, "-m", "vla_steer.robot.actor_learner", "learner", args.recipe,
+                                *args.overrides])
+    try:
+        cmd_actor(args)
+    except BaseException:
+        learner.terminate()
+        raise
+    status = learner.wait()
+    print(f"head: {Path(recipe.train.output_dir) / 'head'}" if status == 0 else f"the learner exited with {status}")
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla-steer", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -323,6 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("bc", cmd_bc, "train (or find cached) the behaviour-cloned base policy"),
                                 ("train", cmd_train, "steer a base with RL (base.path: a LeRobot checkpoint, or demos + a BC "
                                  "base built here), then evaluation, plot and head")):
+        p = sub.add_parser(name, help=help_text)
+        _add_recipe_args(p)
+        p.set_defaults(func=fn)
+    for name, fn, help_text in (
+            ("robot", cmd_robot, "steer on a robot (env.type: gym_manipulator): the actor here, the learner in a "
+             "second process; both resume after a kill"),
+            ("actor", cmd_actor, "the acting process alone: base + head at the control rate, episodes written to "
+             "train.output_dir"),
+            ("learner", cmd_learner, "the training process alone: reads the actor's episodes, publishes heads")):
         p = sub.add_parser(name, help=help_text)
         _add_recipe_args(p)
         p.set_defaults(func=fn)

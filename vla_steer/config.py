@@ -130,6 +130,7 @@ class TrainConfig:
     cache_dir: str = "~/.cache/vla_steer"
     show_progress: bool = True
     record_rollouts: bool = False  # write every training episode to <output_dir>/rollouts as a LeRobotDataset
+    publish_every: int = bounded(50, ge=1)  # actor / learner processes: updates between two heads published to the actor
 
 
 @dataclass

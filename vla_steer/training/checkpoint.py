@@ -99,6 +99,10 @@ RESUMABLE_FIELDS = frozenset({
     "train.eval_deterministic", "train.eval_seed", "train.eval_best_of_k", "train.entropy_states",
     "train.entropy_draws", "train.checkpoint_every", "train.log_every", "train.output_dir", "train.resume", "train.log_with",
     "train.torch_threads", "train.cuda_graph_updates", "train.cache_dir", "train.show_progress", "train.record_rollouts",
+    "train.publish_every",
+    # limits may be tightened (or loosened) between sessions on a robot without starting over
+    "safety.action_low", "safety.action_high", "safety.max_action_step", "safety.control_period_s",
+    "safety.watchdog_misses", "safety.pace_to_fps",
 })
 
 

@@ -181,6 +181,8 @@ class Collector:
         self.tracker = EpisodeTracker(self.num_envs)
         self.guard = make_guard(recipe, self.envs.single_action_space.shape[-1])
         self.env_steps = 0  # env steps actually executed by this collector
+        self.last_ended: np.ndarray = np.zeros(0, int)  # the envs whose episode the last step ended, in tracker order
+        self.last_chunk_steps: np.ndarray = np.zeros(self.num_envs, int)  # env steps each env ran in the last step
         self.obs = self.context = None
 
     # -- observations ------------------------------------------------------------------------------------
@@ -260,6 +262,7 @@ class Collector:
             transition["decode_state"] = context.decode_state
             transition["next_decode_state"] = next_context.decode_state
         ended = self.tracker.update(reward, done, chunk_steps, step_info(info, done, "is_success") > 0)
+        self.last_ended, self.last_chunk_steps = ended, chunk_steps
         for i in np.nonzero(done)[0]:
             self.guard.new_episode(int(i))
         if self.record_to is not None:
