@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("gym_hil", reason="the robot tests need gym-hil (pip install 'vla-steer[robot]')")
 
-from tiny_common import save_with_processors  # noqa: E402
+from tiny_common import save_gym_hil_diffusion_base  # noqa: E402
 from vla_steer.config import recipe_from_dict  # noqa: E402
 from vla_steer.envs.lerobot_envs import lerobot_env_config, make_lerobot_env  # noqa: E402
 from vla_steer.envs.robot_env import EmergencyStop  # noqa: E402
@@ -36,24 +36,7 @@ def hil_env(**teleop) -> dict:
 
 @pytest.fixture(scope="module")
 def hil_base(tmp_path_factory) -> Path:
-    """A tiny random DiffusionPolicy reading gym_hil's state observations (18-d robot, 3-d block), 4-d EE actions."""
-    from lerobot.configs.types import FeatureType, PolicyFeature
-    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
-    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
-    from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
-
-    config = DiffusionConfig(
-        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (18,)),
-                        "observation.environment_state": PolicyFeature(FeatureType.ENV, (3,))},
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (4,))},
-        n_obs_steps=1, horizon=8, n_action_steps=4, down_dims=(16, 32), kernel_size=3, n_groups=4,
-        diffusion_step_embed_dim=16, device="cpu")
-    torch.manual_seed(0)
-    span = lambda low, high: {"min": torch.tensor(low), "max": torch.tensor(high)}  # noqa: E731
-    stats = {"observation.state": span([-1.0] * 18, [1.0] * 18), "observation.environment_state": span([-1.0] * 3, [1.0] * 3),
-             "action": span([-1.0, -1.0, -1.0, 0.0], [1.0, 1.0, 1.0, 2.0])}
-    return save_with_processors(DiffusionPolicy(config), *make_diffusion_pre_post_processors(config, dataset_stats=stats),
-                                tmp_path_factory.mktemp("hil_base") / "pretrained_model")
+    return save_gym_hil_diffusion_base(tmp_path_factory.mktemp("hil_base") / "pretrained_model")
 
 
 def hil_recipe(tmp_path: Path, base: Path, env: dict, algorithm: str = "dsrl_na", **train) -> dict:
@@ -212,7 +195,7 @@ def _spawn(role: str, recipe_file: Path, log: Path):
     import sys
 
     env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "vla_steer.robot.actor_learner", role, str(recipe_file)],
+    return subprocess.Popen([sys.executable, "-m", "vla_steer.training.actor_learner", role, str(recipe_file)],
                             stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env)
 
 
@@ -234,7 +217,7 @@ def test_killing_the_actor_or_the_learner_loses_no_finished_episode_and_training
     import yaml
     from safetensors import safe_open
 
-    from vla_steer.robot.actor_learner import episode_files
+    from vla_steer.training.actor_learner import episode_files
 
     run = tmp_path / "run"
     recipe = hil_recipe(tmp_path, hil_base, hil_env(interventions=[[1, 0, 9]]))
@@ -281,3 +264,14 @@ def test_killing_the_actor_or_the_learner_loses_no_finished_episode_and_training
     versions = [v for v in state["head_versions"] if v >= 0]
     assert versions == sorted(versions) and versions[-1] > versions[0]  # the actor kept picking up newer heads
     assert (run / "head" / "head.safetensors").is_file()
+
+
+def test_a_real_robot_config_decodes_as_lerobot_decodes_it():
+    """No hardware here: the robot's and teleoperator's configs are LeRobot's own classes, ready for make_robot_env."""
+    config = lerobot_env_config("gym_manipulator", {
+        "robot": {"type": "so100_follower", "port": "/dev/ttyACM0", "max_relative_target": 10},
+        "teleop": {"type": "keyboard_ee"}, "fps": 30,
+        "processor": {"reset": {"control_time_s": 20, "fixed_reset_joint_positions": [0, 0, 0, 0, 0, 0]}}})
+    assert type(config.robot).__name__ == "SOFollowerRobotConfig" and config.robot.max_relative_target == 10
+    assert type(config.teleop).__name__ == "KeyboardEndEffectorTeleopConfig"
+    assert config.processor.reset.control_time_s == 20

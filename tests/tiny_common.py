@@ -92,6 +92,28 @@ def save_with_processors(policy, preprocessor, postprocessor, directory: Path) -
     return directory
 
 
+def save_gym_hil_diffusion_base(directory: Path, seed: int = 0) -> Path:
+    """A tiny random DiffusionPolicy reading gym_hil's state observations (18-d robot, 3-d block) and acting with its
+    4-d end-effector actions (deltas in [-1, 1], gripper 0 / 1 / 2), saved with its processors."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
+
+    config = DiffusionConfig(
+        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (18,)),
+                        "observation.environment_state": PolicyFeature(FeatureType.ENV, (3,))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (4,))},
+        n_obs_steps=1, horizon=8, n_action_steps=4, down_dims=(16, 32), kernel_size=3, n_groups=4,
+        diffusion_step_embed_dim=16, device="cpu")
+    torch.manual_seed(seed)
+    span = lambda low, high: {"min": torch.tensor(low), "max": torch.tensor(high)}  # noqa: E731
+    stats = {"observation.state": span([-1.0] * 18, [1.0] * 18), "observation.environment_state": span([-1.0] * 3, [1.0] * 3),
+             "action": span([-1.0, -1.0, -1.0, 0.0], [1.0, 1.0, 1.0, 2.0])}
+    return save_with_processors(DiffusionPolicy(config), *make_diffusion_pre_post_processors(config, dataset_stats=stats),
+                                directory)
+
+
 def save_pusht_diffusion_base(directory: Path, seed: int = 0, horizon: int = 8) -> Path:
     """A tiny random LeRobot DiffusionPolicy for PushT's ``environment_state_agent_pos`` observations (observation
     history of 2), saved with its processors (min-max stats over PushT's [0, 512] pixel coordinates)."""

@@ -316,14 +316,14 @@ def cmd_serve(args) -> None:
 
 
 def cmd_actor(args) -> None:
-    from vla_steer.robot.actor_learner import Actor
+    from vla_steer.training.actor_learner import Actor
 
     print(json.dumps({k: v for k, v in Actor(load_recipe(args.recipe, args.overrides)).run().items()
                       if not isinstance(v, list)}))
 
 
 def cmd_learner(args) -> None:
-    from vla_steer.robot.actor_learner import LearnerProcess
+    from vla_steer.training.actor_learner import LearnerProcess
 
     print(json.dumps(LearnerProcess(load_recipe(args.recipe, args.overrides)).run()))
 
@@ -334,7 +334,7 @@ def cmd_robot(args) -> int:
     import subprocess
 
     recipe = load_recipe(args.recipe, args.overrides)  # checked before anything starts
-    learner = subprocess.Popen([sys.executable, "-m", "vla_steer.robot.actor_learner", "learner", args.recipe,
+    learner = subprocess.Popen([sys.executable, "-m", "vla_steer.training.actor_learner", "learner", args.recipe,
                                 *args.overrides])
     try:
         cmd_actor(args)

@@ -82,6 +82,7 @@ def robot_env_config(options: dict):
     import draccus
     from lerobot.envs.configs import HILSerlRobotEnvConfig
 
+    import lerobot.rl.gym_manipulator  # noqa: F401  registers the robots and teleoperators LeRobot's HIL env knows
     import vla_steer.robot.events  # noqa: F401  registers the vla_steer_scripted teleoperator
 
     try:

@@ -1,5 +1,5 @@
-"""Steering on a robot: a person's inputs (:mod:`.events`), hard limits (:mod:`.safety`), and the actor / learner
-processes (:mod:`.actor_learner`)."""
+"""Steering on a robot, the parts below the envs: a person's inputs (:mod:`.events`) and hard limits (:mod:`.safety`).
+The actor / learner processes are :mod:`vla_steer.training.actor_learner`."""
 
 
 def __getattr__(name: str):

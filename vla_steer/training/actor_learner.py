@@ -290,7 +290,7 @@ class LearnerProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vla_steer.robot.actor_learner {actor,learner} <recipe> [section.field=value ...]``"""
+    """``python -m vla_steer.training.actor_learner {actor,learner} <recipe> [section.field=value ...]``"""
     from vla_steer.config import load_recipe
 
     argv = sys.argv[1:] if argv is None else argv
