@@ -126,6 +126,19 @@ def test_zero_delta_is_the_base_and_a_nonzero_head_steers(base_dir, tmp_path):
     assert not torch.allclose(moved.predict_action_chunk(dict(batch)), moved.predict_action_chunk(dict(batch)))
 
 
+def test_a_head_gone_non_finite_acts_with_the_base_s_own_noise(base_dir, tmp_path):
+    """Loading refuses non-finite weights; should a head still output NaN / inf at run time (overflowing features),
+    the deployed policy decodes the prior draw instead, as the actor does: nothing non-finite reaches the base."""
+    policy = steered(base_dir, tmp_path, delta_bias=0.4)
+    batch, w = tiny_smolvla_batch(policy.base, 2, seed=3), eps(2, 4)
+    with torch.no_grad():
+        for parameter in policy.head.parameters():
+            parameter.fill_(float("nan"))
+    chunk = policy.predict_action_chunk(dict(batch), noise=w)
+    assert torch.isfinite(chunk).all()
+    torch.testing.assert_close(chunk, policy.base.predict_action_chunk(dict(batch), noise=w.clone()), rtol=0, atol=1e-5)
+
+
 def test_best_of_k_acts_on_the_proposal_the_shipped_critic_ranks_first(base_dir, tmp_path):
     head_dir = write_trainer_head(tmp_path / "critic_head", delta_bias=0.3, critic=True)
     policy = SteeredPolicy.from_base(load_base(base_dir), head_dir, base_path=base_dir, best_of_k=4,

@@ -49,6 +49,7 @@ from vla_steer.hub.head_files import write_directory, write_head
 from vla_steer.hub.schema import shared_head_config
 from vla_steer.lerobot_policy.configuration_steered import SteeredConfig
 from vla_steer.lerobot_policy.head import ActingHead, HeadFormatError
+from vla_steer.robot.safety import finite_latent
 
 # Adapters whose encode accepts an observation history [B, n_obs_steps, ...]
 HISTORY_FAMILIES = ("diffusion",)
@@ -329,6 +330,9 @@ class SteeredPolicy(PreTrainedPolicy):
             latent = self.head.best_of_k(features, k, eps=noise, deterministic=deterministic)
         else:
             latent = self.head(features, eps=noise, deterministic=deterministic)
+        # as in the actor: a non-finite latent never reaches the base; the prior draw (the base's own noise) replaces it
+        prior = noise if noise is not None and k == 1 else torch.randn(latent.shape, device=latent.device)
+        latent, _ = finite_latent(latent, self.head.bound, prior)
         noise = self.head.layout.to_noise(latent)
         return self.adapter.decode(context, noise) if executed_only else self.adapter.predict_action_chunk(context, noise)
 

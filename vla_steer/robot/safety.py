@@ -28,6 +28,18 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+def finite_latent(latent: torch.Tensor, bound: float, prior: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(latent with its non-finite rows replaced by those of prior, every entry clipped to the bound, rows replaced)``;
+    ``prior``: the base's own draw for every row, ``[B, L]``."""
+    bad = ~torch.isfinite(latent).all(dim=-1)
+    n = int(bad.sum())
+    if n:
+        latent = latent.clone()
+        latent[bad] = prior.reshape(latent.shape)[bad].to(latent)
+        logger.warning("the head gave %d non-finite latent(s): the base's prior noise was used instead", n)
+    return latent.clamp(-bound, bound), n
+
+
 class UnsafeActionError(RuntimeError):
     """An action that must not be sent, with nothing safe to send instead."""
 
@@ -85,13 +97,9 @@ class SafetyGuard:
 
     def latent(self, latent: torch.Tensor, prior: Callable[[int], torch.Tensor]) -> torch.Tensor:
         """``latent`` ``[B, L]`` with non-finite rows replaced by ``prior(n)`` and every entry in the bound."""
-        bad = ~torch.isfinite(latent).all(dim=-1)
-        if bad.any():
-            latent = latent.clone()
-            latent[bad] = prior(int(bad.sum())).to(latent)
-            self.stats.latents_replaced += int(bad.sum())
-            logger.warning("the head gave %d non-finite latent(s): the base's prior noise was used instead", int(bad.sum()))
-        return latent.clamp(-self.latent_bound, self.latent_bound)
+        latent, replaced = finite_latent(latent, self.latent_bound, prior(latent.shape[0]))
+        self.stats.latents_replaced += replaced
+        return latent
 
     def actions(self, chunks: np.ndarray) -> np.ndarray:
         """Env actions ``[B, k, A]`` -> the limited actions, row by row as they will be sent."""
