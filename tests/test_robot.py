@@ -275,3 +275,36 @@ def test_a_real_robot_config_decodes_as_lerobot_decodes_it():
     assert type(config.robot).__name__ == "SOFollowerRobotConfig" and config.robot.max_relative_target == 10
     assert type(config.teleop).__name__ == "KeyboardEndEffectorTeleopConfig"
     assert config.processor.reset.control_time_s == 20
+
+
+def test_the_deployed_steered_policy_enforces_the_recipe_s_action_limits(tmp_path, hil_base):
+    """The export carries the actor's limits as the last step of its postprocessor, which LeRobot loads by registry
+    name and applies in lerobot-eval, lerobot-record and the async server."""
+    import json
+
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import make_pre_post_processors
+
+    from vla_steer.lerobot_policy import export_run
+
+    recipe = hil_recipe(tmp_path, hil_base, hil_env(), "dsrl_sac", record_rollouts=False, total_env_steps=80)
+    recipe["safety"]["max_action_step"] = 0.3
+    SteeringTrainer(recipe_from_dict(recipe)).run()
+    out = export_run(tmp_path / "run", tmp_path / "steered", model_card=False)
+    steps = json.loads((out / "policy_postprocessor.json").read_text())["steps"]
+    assert steps[-1]["registry_name"] == "vla_steer_action_limits"
+    assert steps[-1]["config"] == {**LIMITS, "max_action_step": 0.3}
+
+    _, post = make_pre_post_processors(PreTrainedConfig.from_pretrained(out), pretrained_path=str(out))
+    post.reset()
+    low, high = np.array(LIMITS["action_low"]), np.array(LIMITS["action_high"])
+    first = post(torch.tensor([[5.0, -5.0, 0.2, 9.0]])).numpy()  # LeRobot's unnormaliser runs first: huge stays huge
+    np.testing.assert_allclose(first[0], np.clip(first[0], low, high))
+    assert first[0].tolist() == pytest.approx([0.5, -0.5, first[0][2], 2.0])
+    second = post(torch.tensor([[-5.0, 5.0, 0.2, -9.0]])).numpy()
+    np.testing.assert_allclose(second[0], [0.2, -0.2, first[0][2], 1.7], atol=1e-6)  # 0.3 per call at most
+    held = post(torch.tensor([[float("nan"), 0.0, 0.0, 1.0]])).numpy()
+    np.testing.assert_allclose(held, second)  # a non-finite action holds the last command
+    post.reset()
+    with pytest.raises(Exception, match="non-finite"):
+        post(torch.tensor([[float("inf"), 0.0, 0.0, 1.0]]))

@@ -39,7 +39,15 @@ def ensure_demos(recipe: Recipe, show_progress: bool = True) -> Path:
         from vla_steer.data.demos import generate_lerobot_env_demonstrations
         from vla_steer.envs.lerobot_envs import lerobot_env_config
         from vla_steer.envs.lerobot_metaworld import ENV_TYPE
+        from vla_steer.envs.robot_env import ENV_TYPE as ROBOT_ENV_TYPE
 
+        if recipe.env.type == ROBOT_ENV_TYPE:
+            from vla_steer.data.demos import generate_gym_hil_demonstrations
+
+            return generate_gym_hil_demonstrations(
+                lerobot_env_config(recipe.env.type, recipe.env.options), recipe.env.kwargs, num_episodes=d.num_episodes,
+                action_noise=d.action_noise, seed=d.seed, cache_dir=cache_dir(recipe) / "demos",
+                only_successful=d.only_successful, show_progress=show_progress)
         if recipe.env.type != ENV_TYPE:
             raise ValueError(f"scripted demonstrations exist for env.type {ENV_TYPE!r} (and built-in env ids), not "
                              f"{recipe.env.type!r}: record your own, or set demos.dataset to a LeRobotDataset")

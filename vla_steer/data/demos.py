@@ -117,6 +117,33 @@ def generate_lerobot_env_demonstrations(
                    fps=env_config.fps, show_progress=show_progress, desc=f"demos {env_config.type}/{env_config.task}")
 
 
+def generate_gym_hil_demonstrations(
+    env_config, kwargs: dict, *, num_episodes: int, action_noise: float, seed: int, cache_dir: str | Path,
+    only_successful: bool = False, show_progress: bool = True,
+) -> Path:
+    """Scripted demonstrations in LeRobot's robot env on gym_hil (``env.type: gym_manipulator``, ``name: gym_hil``,
+    ``task: PandaPickCube-v0``), recorded with the keys LeRobot's processors give a policy, for ``lerobot-train``."""
+    from dataclasses import asdict
+
+    from vla_steer.data.experts import gym_hil_pick_expert
+    from vla_steer.envs.robot_env import LeRobotRobotEnv
+
+    if env_config.name != "gym_hil" or env_config.task != "PandaPickCube-v0":
+        raise ValueError("scripted demonstrations exist for env.name 'gym_hil' with task 'PandaPickCube-v0'; on a robot "
+                         "record them with lerobot-record (or lerobot's gym_manipulator record mode) and set demos.dataset")
+    config = asdict(env_config) | {"features": None, "teleop": None}
+    spec = dict(env_type="gym_manipulator", env=config, kwargs=kwargs, num_episodes=num_episodes,
+                action_noise=action_noise, seed=seed, only_successful=only_successful)
+    root = Path(cache_dir) / f"gym_hil_{env_config.task}-{demo_cache_key(spec)}"
+    env = LeRobotRobotEnv(env_config, kwargs, with_teleop=False)
+    features = {key: {"dtype": "float32", "shape": space.shape, "names": None}
+                for key, space in env.observation_space.spaces.items()}
+    expert = gym_hil_pick_expert()
+    return _record(root, spec, env, features, lambda obs: dict(obs), expert, task=env.task, num_episodes=num_episodes,
+                   action_noise=action_noise, seed=seed, only_successful=only_successful, fps=env_config.fps,
+                   show_progress=show_progress, desc=f"demos gym_hil/{env_config.task}")
+
+
 def _record(root: Path, spec: dict, env, features: dict, frame_of, expert_action, *, task: str, num_episodes: int,
             action_noise: float, seed: int, only_successful: bool, fps: int, show_progress: bool, desc: str) -> Path:
     """Roll ``expert_action`` with Gaussian action noise in ``env`` and write the episodes to ``root`` atomically

@@ -87,6 +87,31 @@ def _robosuite_lift_expert() -> Expert:
     return act
 
 
+def gym_hil_pick_expert() -> Expert:
+    """A geometric controller for gym_hil's PandaPickCube (end-effector deltas in [-1, 1] x 0.025 m, gripper command
+    0 open / 1 stay / 2 close) on LeRobot's processed observation: ``observation.state`` = joint positions (7),
+    velocities (7), gripper command (0..255), pinch point (3); ``observation.environment_state`` = the cube (3).
+    Above the cube, down to it, close, lift; stateless. Succeeds 30/30 without noise, 20/30 with action noise 0.5."""
+
+    def act(obs, env=None):
+        state, cube = np.asarray(obs["observation.state"]), np.asarray(obs["observation.environment_state"])
+        pinch, gripper_command = state[-3:], state[14]
+        to_cube = cube - pinch
+        action = np.zeros(4, np.float32)
+        if gripper_command > 128 and np.linalg.norm(to_cube) < 0.02:  # closed on it: lift
+            action[:] = [0.0, 0.0, 1.0, 2.0]
+        elif np.linalg.norm(to_cube[:2]) > 0.008:  # line up 6 cm above it, open
+            action[:3] = (to_cube + np.array([0.0, 0.0, 0.06])) / 0.025
+        elif to_cube[2] < -0.01:  # straight down
+            action[:3] = to_cube / 0.025
+        else:  # at the cube: close
+            action[3] = 2.0
+        action[:3] = np.clip(action[:3], -1.0, 1.0)
+        return action
+
+    return act
+
+
 LOCOMOTION = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5")  # PPO experts trained here (vla_steer.data.ppo_expert)
 
 

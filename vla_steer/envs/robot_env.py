@@ -177,6 +177,8 @@ class LeRobotRobotEnv(gym.Env):
         from lerobot.processor.converters import create_transition
 
         super().reset(seed=seed)
+        if seed is not None and self.config.name == "gym_hil":
+            np.random.seed(seed)  # gym_hil draws the cube's position (random_block_position) from numpy's global RNG
         obs, info = self.env.reset(seed=seed)
         complementary = {"raw_joint_positions": info.pop("raw_joint_positions")} if "raw_joint_positions" in info else {}
         self.env_processor.reset()

@@ -37,11 +37,17 @@ class SteeredConfig(PreTrainedConfig):
     adapter_kwargs: dict[str, Any] = field(default_factory=dict)
     deterministic: bool = False
     best_of_k: int = bounded(1, ge=1, le=1024)  # the same range as the trainer's train.eval_best_of_k
+    # the actor's limits, applied by the last postprocessor step (vla_steer/lerobot_policy/action_limits.py):
+    # action_low / action_high / max_action_step, in the robot's action space, from the recipe's safety section
+    action_limits: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.best_of_k, int) or isinstance(self.best_of_k, bool):
             raise ValueError(f"best_of_k must be an integer (1 = act on one proposal), got {self.best_of_k!r}")
+        unknown = sorted(set(self.action_limits) - {"action_low", "action_high", "max_action_step"})
+        if unknown:
+            raise ValueError(f"action_limits: unknown field(s) {unknown}; allowed: action_low, action_high, max_action_step")
         problems = range_problems(self, "steered")
         if problems:
             raise ValueError("; ".join(problems))

@@ -48,6 +48,7 @@ from vla_steer.hub.format import LOAD_PATTERNS, check_processor_config
 from vla_steer.hub.head_files import write_directory, write_head
 from vla_steer.hub.schema import shared_head_config
 from vla_steer.lerobot_policy.configuration_steered import SteeredConfig
+from vla_steer.lerobot_policy.action_limits import with_action_limits
 from vla_steer.lerobot_policy.head import ActingHead, HeadFormatError
 from vla_steer.robot.safety import finite_latent
 
@@ -161,19 +162,20 @@ class SteeredPolicy(PreTrainedPolicy):
     def from_base(cls, base_policy: PreTrainedPolicy, head: ActingHead | str | Path, *, base_path: str | Path,
                   base_revision: str | None = None, adapter_kwargs: dict[str, Any] | None = None,
                   deterministic: bool = False, best_of_k: int = 1, preprocessor=None, postprocessor=None,
-                  allow_base_mismatch: bool = False) -> "SteeredPolicy":
+                  allow_base_mismatch: bool = False, action_limits: dict[str, Any] | None = None) -> "SteeredPolicy":
         """Wrap ``base_policy`` (saved at / published as ``base_path``) with a head (an :class:`ActingHead`, a
         directory with ``head_config.json`` + ``head.safetensors``, or a Hub repo id of a shared head).
         ``preprocessor`` / ``postprocessor``: the base's processors to save alongside; by default they are read
         from ``base_path`` when saving. A head that records its base's fingerprint refuses another base unless
-        ``allow_base_mismatch``."""
+        ``allow_base_mismatch``. ``action_limits`` (``action_low`` / ``action_high`` / ``max_action_step``, the
+        recipe's ``safety`` values) end the saved postprocessor, so every LeRobot route enforces them."""
         if not isinstance(head, ActingHead):
             head = ActingHead.from_dir(head) if Path(str(head)).expanduser().is_dir() else ActingHead.from_pretrained(head)
         base_config = base_policy.config
         config = SteeredConfig(
             base_path=str(base_path), base_revision=base_revision, base_type=base_config.type,
             adapter_kwargs=dict(adapter_kwargs or {}), deterministic=deterministic, best_of_k=best_of_k,
-            device=base_config.device,
+            action_limits={k: v for k, v in (action_limits or {}).items() if v is not None}, device=base_config.device,
             n_obs_steps=base_config.n_obs_steps, input_features=dict(base_config.input_features),
             output_features=dict(base_config.output_features),
         )
@@ -183,7 +185,7 @@ class SteeredPolicy(PreTrainedPolicy):
         if (preprocessor is None) != (postprocessor is None):
             raise ValueError("give both preprocessor and postprocessor, or neither")
         if preprocessor is not None:
-            policy._processors = (preprocessor, postprocessor)
+            policy._processors = (preprocessor, with_action_limits(postprocessor, config.action_limits))
         return policy
 
     @classmethod
@@ -255,7 +257,7 @@ class SteeredPolicy(PreTrainedPolicy):
                 f"policy_postprocessor.json ({exc}); save the base with its processors, or pass preprocessor= / "
                 "postprocessor= to SteeredPolicy.from_base"
             ) from exc
-        self._processors = (pre, post)
+        self._processors = (pre, with_action_limits(post, self.config.action_limits))
         return self._processors
 
     def hub_head_config(self) -> dict:

@@ -26,7 +26,10 @@ def make_steered_pre_post_processors(config: SteeredConfig, dataset_stats: dict[
     for name in PROCESSOR_CONFIG_NAMES:  # checked before LeRobot reads them: no step may name a class to import
         if (Path(source) / name).is_file():
             check_processor_config(Path(source) / name)
+    from vla_steer.lerobot_policy.action_limits import with_action_limits
+
     try:
-        return make_pre_post_processors(base_config, pretrained_path=source)
+        pre, post = make_pre_post_processors(base_config, pretrained_path=source)
     except Exception:  # no processor files in the base checkpoint (LeRobot raises several types)
-        return make_pre_post_processors(base_config, dataset_stats=dataset_stats)
+        pre, post = make_pre_post_processors(base_config, dataset_stats=dataset_stats)
+    return pre, with_action_limits(post, config.action_limits)

@@ -121,8 +121,11 @@ def export_run(run_dir: str | Path, save_directory: str | Path, *, base: Any = N
                                     revision=revision, adapter_kwargs=adapter_kwargs, model_card=model_card,
                                     card_kwargs=card_kwargs, allow_base_mismatch=allow_base_mismatch)
     adapter = load_base_adapter(base, library="lerobot", revision=revision, adapter_kwargs=adapter_kwargs)
+    s = recipe.safety  # the limits the actor enforced during training travel with the policy
     policy = SteeredPolicy.from_base(adapter.policy, head, base_path=base_model_name_or_path or str(base),
                                      base_revision=revision, adapter_kwargs=adapter_kwargs,
-                                     allow_base_mismatch=allow_base_mismatch)
+                                     allow_base_mismatch=allow_base_mismatch,
+                                     action_limits={"action_low": s.action_low, "action_high": s.action_high,
+                                                    "max_action_step": s.max_action_step})
     policy.save_pretrained(save_directory, model_card=model_card, card_kwargs=card_kwargs)
     return Path(save_directory).expanduser().resolve()

@@ -1,0 +1,126 @@
+"""Steering through the robot loop, in simulation: LeRobot's robot env on gym_hil PandaPickCube, the actor and the
+learner as two processes (``vla_steer.training.actor_learner``), a base cloned by ``lerobot-train`` from noisy
+scripted demonstrations.
+
+Per steering seed: ``vla-steer learner`` in a child process, the actor here, ``train.total_env_steps`` env steps of
+finished episodes; the success signal is gym_hil's own (the cube lifted 10 cm), which is what LeRobot's gym_hil
+pipeline rewards. Then base and steered head are evaluated on the same fixed start states (evaluation seeds from
+3,000,000: disjoint from the training envs' seeds, which start at ``seed * 10,000``). Reports every seed's success
+with a Wilson interval and the mean lift with a t-interval over seeds (``benchmarks/intervals.py``).
+
+    vla-steer demos recipes/gym_hil_pick_dsrl_sac.yaml          # noisy scripted demos -> the LeRobotDataset root
+    lerobot-train --policy.type=diffusion --dataset.root=<root> ...    # the base (see README, "On a real robot")
+    python benchmarks/gym_hil_steering.py --base outputs/train/gym_hil_diffusion/checkpoints/last/pretrained_model \
+        --seeds 0 1 2 --output benchmarks/results/gym_hil_steering.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
+
+RECIPE = ROOT / "recipes" / "gym_hil_pick_dsrl_sac.yaml"
+EVAL_SEED = 3_000_000
+
+
+def run_seed(recipe: dict, seed: int, work: Path) -> Path:
+    from vla_steer.config import recipe_from_dict
+    from vla_steer.training.actor_learner import Actor
+
+    recipe = {**recipe, "train": {**recipe["train"], "seed": seed, "output_dir": str(work / f"seed{seed}")}}
+    recipe_file = work / f"seed{seed}.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    learner = subprocess.Popen([sys.executable, "-m", "vla_steer.training.actor_learner", "learner", str(recipe_file)],
+                               env=env, stdout=open(work / f"seed{seed}_learner.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        Actor(recipe_from_dict(recipe)).run()
+        if learner.wait() != 0:
+            raise RuntimeError(f"the learner failed: see {work / f'seed{seed}_learner.log'}")
+    finally:
+        if learner.poll() is None:
+            learner.kill()
+    return Path(recipe["train"]["output_dir"])
+
+
+def evaluate(recipe: dict, run_dir: Path | None, episodes: int) -> dict:
+    """Base (``run_dir`` None) or the run's final published head, on the fixed evaluation start states."""
+    from vla_steer.config import recipe_from_dict
+    from vla_steer.training.actor_learner import _build, load_newer_head
+    from vla_steer.training.evaluator import Evaluator
+
+    recipe = recipe_from_dict({**recipe, "train": {**recipe["train"], "eval_episodes": episodes,
+                                                   "eval_num_envs": min(25, episodes), "eval_seed": EVAL_SEED}})
+    _, base, layout, algo = _build(recipe)
+    evaluator = Evaluator(recipe, base, layout, seed=EVAL_SEED)
+    if run_dir is None:
+        return evaluator.evaluate("base")
+    version = load_newer_head(run_dir, algo, -1)
+    if version < 0:
+        raise RuntimeError(f"{run_dir} holds no published head")
+    return {**evaluator.evaluate("policy", algo), "head_version": version}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="the lerobot-train checkpoint (pretrained_model directory)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "gym_hil_steering")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.total_env_steps=4000")
+    args = parser.parse_args()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from intervals import t_interval, wilson_interval
+
+    from vla_steer.config import load_recipe
+    from vla_steer.provenance import git_commit, hardware, package_versions
+
+    recipe = load_recipe(RECIPE, [f"base.path={args.base}", *args.overrides]).to_dict()
+    args.work.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    base = evaluate(recipe, None, args.eval_episodes)
+    print(f"base: success {base['success_rate']:.2f}")
+    runs = []
+    for seed in args.seeds:
+        run_dir = run_seed(recipe, seed, args.work)
+        steered = evaluate(recipe, run_dir, args.eval_episodes)
+        actor = json.loads((run_dir / "actor_state.json").read_text())
+        runs.append({"seed": seed, "success_rate": steered["success_rate"],
+                     "success_wilson95": wilson_interval(round(steered["success_rate"] * args.eval_episodes), args.eval_episodes),
+                     "lift": steered["success_rate"] - base["success_rate"], "head_version": steered["head_version"],
+                     "training_episodes": actor["episodes"], "training_env_steps": actor["env_steps"],
+                     "training_success_rate": float(np.mean(actor["successes"])), "action_entropy": steered["action_entropy"],
+                     "action_drift": steered.get("action_drift")})
+        print(f"seed {seed}: success {steered['success_rate']:.2f} (base {base['success_rate']:.2f})")
+    lifts = [run["lift"] for run in runs]
+    report = {
+        "task": "gym_hil/PandaPickCube-v0 (gym_manipulator, state observations, random cube position)",
+        "method": recipe["algorithm"]["name"], "base_path": args.base, "recipe": recipe,
+        "evaluation_seeds": [EVAL_SEED, EVAL_SEED + min(25, args.eval_episodes) - 1], "eval_episodes": args.eval_episodes,
+        "base": {"success_rate": base["success_rate"],
+                 "success_wilson95": wilson_interval(round(base["success_rate"] * args.eval_episodes), args.eval_episodes),
+                 "action_entropy": base["action_entropy"]},
+        "runs": runs, "lift_mean": float(np.mean(lifts)),
+        "lift_std": float(np.std(lifts, ddof=1)) if len(lifts) > 1 else None,
+        "lift_t95": t_interval(lifts) if len(lifts) > 1 else None, "wall_time_s": time.time() - start,
+        "git_commit": git_commit(), "versions": package_versions(), "hardware": hardware(),
+    }
+    print(json.dumps({k: report[k] for k in ("base", "runs", "lift_mean", "lift_t95")}, indent=2))
+    if args.output:
+        args.output.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
