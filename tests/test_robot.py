@@ -308,3 +308,21 @@ def test_the_deployed_steered_policy_enforces_the_recipe_s_action_limits(tmp_pat
     post.reset()
     with pytest.raises(Exception, match="non-finite"):
         post(torch.tensor([[float("inf"), 0.0, 0.0, 1.0]]))
+
+
+def test_scripted_gym_hil_demonstrations_are_a_lerobot_dataset_of_successes(tmp_path, hil_base):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from vla_steer.pipeline import ensure_demos
+
+    recipe = hil_recipe(tmp_path, hil_base, {**hil_env(), "kwargs": {"image_obs": False, "random_block_position": True}})
+    recipe["demos"] = {"num_episodes": 3, "action_noise": 0.0, "seed": 7}
+    recipe["train"]["cache_dir"] = str(tmp_path / "cache")
+    root = ensure_demos(recipe_from_dict(recipe), show_progress=False)
+    data = LeRobotDataset("vla_steer/demos", root=root)
+    assert data.num_episodes == 3
+    assert {"observation.state", "observation.environment_state", "action", "next.reward"} <= set(data.features)
+    rewards, episodes = np.array(data.hf_dataset["next.reward"]).ravel(), np.array(data.hf_dataset["episode_index"])
+    assert [rewards[episodes == e].sum() for e in range(3)] == [1.0, 1.0, 1.0]  # the clean expert lifts every cube
+    starts = np.array(data.hf_dataset["observation.environment_state"])[np.array(data.hf_dataset["frame_index"]) == 0]
+    assert len({tuple(np.round(s, 4)) for s in starts}) == 3  # seeded, different cube positions
