@@ -230,7 +230,8 @@ def test_killing_the_actor_or_the_learner_loses_no_finished_episode_and_training
 
     learner, actor = _spawn("learner", recipe_file, log), _spawn("actor", recipe_file, log)
     try:
-        _wait_for(lambda: (run / "published_head.safetensors").is_file(), 120, "the first published head")
+        _wait_for(lambda: (run / "published_head.safetensors").is_file()
+                  and (run / "learner" / "last" / "learner_state.json").is_file(), 120, "a published head and a checkpoint")
         learner.send_signal(signal.SIGKILL)  # the learner dies mid-training; the actor goes on acting
         learner.wait()
         killed_at = episodes()
@@ -261,6 +262,9 @@ def test_killing_the_actor_or_the_learner_loses_no_finished_episode_and_training
     learner_state = json.loads((run / "learner" / "last" / "learner_state.json").read_text())
     assert learner_state["ingested"] == len(files) and learner_state["rows"] == rows
     assert learner_state["updates"] == rows  # utd 1: one update per chunk transition, across the learner's restart
+    records = [json.loads(line) for line in (run / "learner_metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in records if r["event"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["updates"] > 0  # the restarted learner went on from its checkpoint
     versions = [v for v in state["head_versions"] if v >= 0]
     assert versions == sorted(versions) and versions[-1] > versions[0]  # the actor kept picking up newer heads
     assert (run / "head" / "head.safetensors").is_file()

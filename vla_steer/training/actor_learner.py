@@ -193,6 +193,7 @@ class LearnerProcess:
         resume_from = self._checkpoint_to_resume() if recipe.train.resume else None
         if resume_from is not None:
             self._load_checkpoint(resume_from)
+            self._log({"event": "resumed", "from": str(resume_from), "episodes": self.ingested, "updates": self.updates})
 
     @property
     def updates(self) -> int:
@@ -244,6 +245,7 @@ class LearnerProcess:
         return {"episodes": self.ingested, "env_steps": self.env_steps, "updates": self.updates}
 
     def _log(self, record: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / "learner_metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
