@@ -32,6 +32,7 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
 
 RECIPE = ROOT / "recipes" / "gym_hil_pick_dsrl_sac.yaml"
 EVAL_SEED = 3_000_000
+EVAL_ENVS = 5  # gym_hil builds an offscreen renderer per env (~200 MB) even for state observations
 
 
 def run_seed(recipe: dict, seed: int, work: Path) -> Path:
@@ -61,7 +62,7 @@ def evaluate(recipe: dict, run_dir: Path | None, episodes: int) -> dict:
     from vla_steer.training.evaluator import Evaluator
 
     recipe = recipe_from_dict({**recipe, "train": {**recipe["train"], "eval_episodes": episodes,
-                                                   "eval_num_envs": min(25, episodes), "eval_seed": EVAL_SEED}})
+                                                   "eval_num_envs": min(EVAL_ENVS, episodes), "eval_seed": EVAL_SEED}})
     _, base, layout, algo = _build(recipe)
     evaluator = Evaluator(recipe, base, layout, seed=EVAL_SEED)
     if run_dir is None:
@@ -108,7 +109,7 @@ def main() -> None:
     report = {
         "task": "gym_hil/PandaPickCube-v0 (gym_manipulator, state observations, random cube position)",
         "method": recipe["algorithm"]["name"], "base_path": args.base, "recipe": recipe,
-        "evaluation_seeds": [EVAL_SEED, EVAL_SEED + min(25, args.eval_episodes) - 1], "eval_episodes": args.eval_episodes,
+        "evaluation_seeds": [EVAL_SEED, EVAL_SEED + min(EVAL_ENVS, args.eval_episodes) - 1], "eval_episodes": args.eval_episodes,
         "base": {"success_rate": base["success_rate"],
                  "success_wilson95": wilson_interval(round(base["success_rate"] * args.eval_episodes), args.eval_episodes),
                  "action_entropy": base["action_entropy"]},

@@ -330,3 +330,15 @@ def test_scripted_gym_hil_demonstrations_are_a_lerobot_dataset_of_successes(tmp_
     assert [rewards[episodes == e].sum() for e in range(3)] == [1.0, 1.0, 1.0]  # the clean expert lifts every cube
     starts = np.array(data.hf_dataset["observation.environment_state"])[np.array(data.hf_dataset["frame_index"]) == 0]
     assert len({tuple(np.round(s, 4)) for s in starts}) == 3  # seeded, different cube positions
+
+
+def test_an_e_stop_during_training_checkpoints_and_the_run_resumes_with_another_teleop_script(tmp_path, hil_base):
+    recipe = hil_recipe(tmp_path, hil_base, hil_env(estop_at=50), total_env_steps=160, checkpoint_every=1000)
+    with pytest.raises(EmergencyStop, match="checkpointed at env step 48"):  # 12 chunks of 4 ran; the 13th stopped
+        SteeringTrainer(recipe_from_dict(recipe)).run()
+    state = __import__("json").loads((tmp_path / "run" / "checkpoints" / "last" / "trainer_state.json").read_text())
+    assert state["env_steps"] == 48 and state["iteration"] == 12
+    recipe["env"] = hil_env(failures=[[0, 91]])  # the person's script (or device) may change between sessions
+    trainer = SteeringTrainer(recipe_from_dict(recipe))
+    trainer.run()
+    assert trainer.env_steps == 160 and trainer.iteration == 40

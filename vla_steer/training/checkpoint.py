@@ -114,10 +114,19 @@ def flatten_recipe(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: tree}
 
 
+def _without_teleop(recipe: dict) -> dict:
+    """A robot env's teleoperator (``env.options.teleop``: the person's device, or the scripted person's script) may
+    change between sessions, as the person at the robot may: it is not compared on resume."""
+    options = (recipe.get("env") or {}).get("options")
+    if not isinstance(options, dict) or "teleop" not in options:
+        return recipe
+    return {**recipe, "env": {**recipe["env"], "options": {k: v for k, v in options.items() if k != "teleop"}}}
+
+
 def recipe_changes(saved: dict, current: dict) -> list[str]:
     """``field: saved -> current`` for each field that differs between a checkpoint's recipe and the resuming one,
     outside :data:`RESUMABLE_FIELDS` (fields the checkpoint does not record, newer than it, are not compared)."""
-    before, after = flatten_recipe(saved), flatten_recipe(current)
+    before, after = flatten_recipe(_without_teleop(saved)), flatten_recipe(_without_teleop(current))
     return [f"{key}: {before[key]!r} -> {after.get(key)!r}" for key in sorted(before)
             if key not in RESUMABLE_FIELDS and key in after and before[key] != after[key]]
 

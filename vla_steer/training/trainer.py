@@ -36,6 +36,11 @@ from vla_steer.training.evaluator import Evaluator
 from vla_steer.training.exporter import export_run
 from vla_steer.training.learner import Learner
 
+from vla_steer.envs.robot_env import EmergencyStop
+from vla_steer.robot.safety import UnsafeActionError, WatchdogError
+
+StopRequested = (EmergencyStop, WatchdogError, UnsafeActionError)  # raised before an action is sent
+
 
 def make_accelerator(recipe: Recipe, output_dir: Path) -> Accelerator:
     # cpu=True only when no GPU exists: it is what lets torchrun-launched CPU processes form a gloo group
@@ -386,7 +391,13 @@ class SteeringTrainer:
             # the checkpoint was written after a collection step and before its updates: run those first
             self._update_and_evaluate(start, progress)
         while self.iteration < self.total_iterations:
-            self.collect(warm=self.iteration < self.warmup_iterations)
+            try:
+                self.collect(warm=self.iteration < self.warmup_iterations)
+            except StopRequested as stop:  # e-stop / watchdog: nothing more is sent; keep every completed iteration
+                self.save_checkpoint(updates_pending=False)
+                self.collector.close()
+                raise type(stop)(f"{stop} The run is checkpointed at env step {self.env_steps}: run the same command "
+                                 "to resume.") from None
             self.iteration += 1
             progress.update(1)
             if self.iteration % self.checkpoint_every_iterations == 0 and self.iteration < self.total_iterations:
