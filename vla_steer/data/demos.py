@@ -133,7 +133,8 @@ def generate_gym_hil_demonstrations(
                          "record them with lerobot-record (or lerobot's gym_manipulator record mode) and set demos.dataset")
     config = asdict(env_config) | {"features": None, "teleop": None}
     spec = dict(env_type="gym_manipulator", env=config, kwargs=kwargs, num_episodes=num_episodes,
-                action_noise=action_noise, seed=seed, only_successful=only_successful)
+                action_noise=action_noise, seed=seed, only_successful=only_successful,
+                expert="gym_hil_pick_expert/smooth")  # a changed expert must not reuse cached demonstrations
     root = Path(cache_dir) / f"gym_hil_{env_config.task}-{demo_cache_key(spec)}"
     env = LeRobotRobotEnv(env_config, kwargs, with_teleop=False)
     features = {key: {"dtype": "float32", "shape": space.shape, "names": None}
