@@ -294,6 +294,7 @@ def test_the_deployed_steered_policy_enforces_the_recipe_s_action_limits(tmp_pat
     recipe = hil_recipe(tmp_path, hil_base, hil_env(), "dsrl_sac", record_rollouts=False, total_env_steps=80)
     recipe["safety"]["max_action_step"] = 0.3
     SteeringTrainer(recipe_from_dict(recipe)).run()
+    assert (tmp_path / "run" / "rollouts" / "meta" / "info.json").is_file()  # a robot env's episodes are always recorded
     out = export_run(tmp_path / "run", tmp_path / "steered", model_card=False)
     steps = json.loads((out / "policy_postprocessor.json").read_text())["steps"]
     assert steps[-1]["registry_name"] == "vla_steer_action_limits"

@@ -36,7 +36,7 @@ from vla_steer.training.evaluator import Evaluator
 from vla_steer.training.exporter import export_run
 from vla_steer.training.learner import Learner
 
-from vla_steer.envs.robot_env import EmergencyStop
+from vla_steer.envs.robot_env import ENV_TYPE as ROBOT_ENV_TYPE, EmergencyStop
 from vla_steer.robot.safety import UnsafeActionError, WatchdogError
 
 StopRequested = (EmergencyStop, WatchdogError, UnsafeActionError)  # raised before an action is sent
@@ -125,8 +125,9 @@ class SteeringTrainer:
                 "algorithm.name: dsrl_sac, or lpds with algorithm.critic: latent")
 
     def _recording_dir(self) -> Path | None:
-        """Where this process records its rollouts (``train.record_rollouts``): ``rollouts`` (``rollouts_rank<r>``)."""
-        if not self.recipe.train.record_rollouts:
+        """Where this process records its rollouts (``train.record_rollouts``, always on a robot env: every episode a
+        person labelled or intervened in is kept): ``rollouts`` (``rollouts_rank<r>``)."""
+        if not (self.recipe.train.record_rollouts or self.recipe.env.type == ROBOT_ENV_TYPE):
             return None
         rank = self.accelerator.process_index
         return self.output_dir / ("rollouts" if rank == 0 else f"rollouts_rank{rank}")
