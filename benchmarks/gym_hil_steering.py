@@ -3,8 +3,8 @@ learner as two processes (``vla_steer.training.actor_learner``), a base cloned b
 scripted demonstrations.
 
 Per steering seed: ``vla-steer learner`` in a child process, the actor here, ``train.total_env_steps`` env steps of
-finished episodes; the success signal is gym_hil's own (the cube lifted 10 cm), which is what LeRobot's gym_hil
-pipeline rewards. Then base and steered head are evaluated on the same fixed start states (evaluation seeds from
+finished episodes; the reward is gym_hil's own: sparse (the cube lifted 10 cm, what LeRobot's gym_hil pipeline
+rewards) or, with ``env.kwargs.reward_type=dense``, gym_hil's shaped reward (closeness + lift). Then base and steered head are evaluated on the same fixed start states (evaluation seeds from
 3,000,000: disjoint from the training envs' seeds, which start at ``seed * 10,000``). Reports every seed's success
 with a Wilson interval and the mean lift with a t-interval over seeds (``benchmarks/intervals.py``).
 
@@ -12,6 +12,9 @@ with a Wilson interval and the mean lift with a t-interval over seeds (``benchma
     lerobot-train --policy.type=diffusion --dataset.root=<root> ...    # the base (see README, "On a real robot")
     python benchmarks/gym_hil_steering.py --base outputs/train/gym_hil_diffusion/checkpoints/last/pretrained_model \
         --seeds 0 1 2 --output benchmarks/results/gym_hil_steering.json
+
+(The measured run passed the dense reward as an override, ``"env.kwargs={image_obs: false, random_block_position:
+true, reward_type: dense}"``; the recipe now carries it.)
 """
 
 from __future__ import annotations
@@ -100,25 +103,31 @@ def main() -> None:
         actor = json.loads((run_dir / "actor_state.json").read_text())
         runs.append({"seed": seed, "success_rate": steered["success_rate"],
                      "success_wilson95": wilson_interval(round(steered["success_rate"] * args.eval_episodes), args.eval_episodes),
-                     "lift": steered["success_rate"] - base["success_rate"], "head_version": steered["head_version"],
+                     "lift": steered["success_rate"] - base["success_rate"], "return_mean": steered["return_mean"],
+                     "return_lift": steered["return_mean"] - base["return_mean"], "head_version": steered["head_version"],
                      "training_episodes": actor["episodes"], "training_env_steps": actor["env_steps"],
                      "training_success_rate": float(np.mean(actor["successes"])), "action_entropy": steered["action_entropy"],
                      "action_drift": steered.get("action_drift")})
-        print(f"seed {seed}: success {steered['success_rate']:.2f} (base {base['success_rate']:.2f})")
-    lifts = [run["lift"] for run in runs]
+        print(f"seed {seed}: success {steered['success_rate']:.2f} (base {base['success_rate']:.2f}), return "
+              f"{steered['return_mean']:.2f} (base {base['return_mean']:.2f})")
+    lifts, return_lifts = [run["lift"] for run in runs], [run["return_lift"] for run in runs]
     report = {
         "task": "gym_hil/PandaPickCube-v0 (gym_manipulator, state observations, random cube position)",
         "method": recipe["algorithm"]["name"], "base_path": args.base, "recipe": recipe,
         "evaluation_seeds": [EVAL_SEED, EVAL_SEED + min(EVAL_ENVS, args.eval_episodes) - 1], "eval_episodes": args.eval_episodes,
         "base": {"success_rate": base["success_rate"],
                  "success_wilson95": wilson_interval(round(base["success_rate"] * args.eval_episodes), args.eval_episodes),
-                 "action_entropy": base["action_entropy"]},
+                 "return_mean": base["return_mean"], "action_entropy": base["action_entropy"]},
         "runs": runs, "lift_mean": float(np.mean(lifts)),
         "lift_std": float(np.std(lifts, ddof=1)) if len(lifts) > 1 else None,
-        "lift_t95": t_interval(lifts) if len(lifts) > 1 else None, "wall_time_s": time.time() - start,
+        "lift_t95": t_interval(lifts) if len(lifts) > 1 else None,
+        "return_lift_mean": float(np.mean(return_lifts)),
+        "return_lift_std": float(np.std(return_lifts, ddof=1)) if len(return_lifts) > 1 else None,
+        "return_lift_t95": t_interval(return_lifts) if len(return_lifts) > 1 else None, "wall_time_s": time.time() - start,
         "git_commit": git_commit(), "versions": package_versions(), "hardware": hardware(),
     }
-    print(json.dumps({k: report[k] for k in ("base", "runs", "lift_mean", "lift_t95")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("base", "runs", "lift_mean", "lift_t95", "return_lift_mean",
+                                             "return_lift_t95")}, indent=2))
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))
 
