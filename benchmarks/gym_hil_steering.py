@@ -11,7 +11,7 @@ with a Wilson interval and the mean lift with a t-interval over seeds (``benchma
     vla-steer demos recipes/gym_hil_pick_dsrl_sac.yaml          # noisy scripted demos -> the LeRobotDataset root
     lerobot-train --policy.type=diffusion --dataset.root=<root> ...    # the base (see README, "On a real robot")
     python benchmarks/gym_hil_steering.py --base outputs/train/gym_hil_diffusion/checkpoints/last/pretrained_model \
-        --seeds 0 1 2 --output benchmarks/results/gym_hil_steering.json
+        --seeds 0 1 2 --output benchmarks/results/gym_hil_steering_base100.json
 
 (The measured run passed the dense reward as an override, ``"env.kwargs={image_obs: false, random_block_position:
 true, reward_type: dense}"``; the recipe now carries it.)
@@ -76,15 +76,42 @@ def evaluate(recipe: dict, run_dir: Path | None, episodes: int) -> dict:
     return {**evaluator.evaluate("policy", algo), "head_version": version}
 
 
+def summarize(paths: list[Path]) -> dict:
+    """Every run of several reports (one base each): success and return lifts, each paired with its own base, with
+    sample std and a t-interval over all runs."""
+    from intervals import t_interval
+
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    lifts = [run["lift"] for r in reports for run in r["runs"]]
+    return_lifts = [run["return_lift"] for r in reports for run in r["runs"]]
+    summary = {"bases": [{"base_path": r["base_path"], "base_success": r["base"]["success_rate"],
+                          "steered_success": [run["success_rate"] for run in r["runs"]]} for r in reports],
+               "runs": len(lifts), "success_lift_mean": float(np.mean(lifts)),
+               "success_lift_std": float(np.std(lifts, ddof=1)), "success_lift_t95": t_interval(lifts),
+               "return_lift_mean": float(np.mean(return_lifts)), "return_lift_std": float(np.std(return_lifts, ddof=1)),
+               "return_lift_t95": t_interval(return_lifts)}
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", required=True, help="the lerobot-train checkpoint (pretrained_model directory)")
+    parser.add_argument("--summarize", type=Path, nargs="+", default=None, metavar="REPORT",
+                        help="only summarise finished reports (one per base) over all their runs")
+    parser.add_argument("--base", help="the lerobot-train checkpoint (pretrained_model directory)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "gym_hil_steering")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.total_env_steps=4000")
     args = parser.parse_args()
+    if args.summarize:
+        summary = summarize(args.summarize)
+        if args.output:
+            args.output.write_text(json.dumps(summary, indent=2))
+        return
+    if not args.base:
+        parser.error("--base is required (or --summarize)")
     os.environ.setdefault("MUJOCO_GL", "egl")
     from intervals import t_interval, wilson_interval
 
