@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from tiny_common import add_to_hf_cache, save_pusht_diffusion_base, save_with_processors
+from tiny_common import add_to_hf_cache, save_pusht_diffusion_base, save_state_diffusion_base
 from vla_steer.cli import main as cli
 from vla_steer.config import RecipeError, recipe_from_dict
 from vla_steer.training import SteeringTrainer
@@ -54,22 +54,8 @@ def pusht_base(tmp_path_factory) -> Path:
 
 def save_fast_metaworld_diffusion_base(directory: Path) -> Path:
     """A tiny random DiffusionPolicy reading ``vla_steer_meta_world``'s state observations (4-d hand, 39-d env)."""
-    from lerobot.configs.types import FeatureType, PolicyFeature
-    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
-    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
-    from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
-
-    config = DiffusionConfig(
-        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (4,)),
-                        "observation.environment_state": PolicyFeature(FeatureType.ENV, (39,))},
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (4,))},
-        n_obs_steps=2, horizon=8, n_action_steps=4, down_dims=(16, 32), kernel_size=3, n_groups=4,
-        diffusion_step_embed_dim=16, device="cpu")
-    torch.manual_seed(0)
-    span = lambda n: {"min": -torch.ones(n), "max": torch.ones(n)}  # noqa: E731
-    stats = {"observation.state": span(4), "observation.environment_state": span(39), "action": span(4)}
-    return save_with_processors(DiffusionPolicy(config), *make_diffusion_pre_post_processors(config, dataset_stats=stats),
-                                directory)
+    return save_state_diffusion_base(directory, state_dim=4, env_dim=39, action_low=[-1.0] * 4, action_high=[1.0] * 4,
+                                     n_obs_steps=2)
 
 
 # -------------------------------------------------------------------------------------------------------------

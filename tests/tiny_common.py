@@ -92,26 +92,35 @@ def save_with_processors(policy, preprocessor, postprocessor, directory: Path) -
     return directory
 
 
-def save_gym_hil_diffusion_base(directory: Path, seed: int = 0) -> Path:
-    """A tiny random DiffusionPolicy reading gym_hil's state observations (18-d robot, 3-d block) and acting with its
-    4-d end-effector actions (deltas in [-1, 1], gripper 0 / 1 / 2), saved with its processors."""
+def save_state_diffusion_base(directory: Path, *, state_dim: int, env_dim: int, action_low: list[float],
+                              action_high: list[float], n_obs_steps: int, seed: int = 0) -> Path:
+    """A tiny random DiffusionPolicy reading ``observation.state`` and ``observation.environment_state`` (min-max
+    stats over [-1, 1]) and acting in ``[action_low, action_high]``, saved with its processors."""
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
     from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
     from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
 
     config = DiffusionConfig(
-        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (18,)),
-                        "observation.environment_state": PolicyFeature(FeatureType.ENV, (3,))},
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (4,))},
-        n_obs_steps=1, horizon=8, n_action_steps=4, down_dims=(16, 32), kernel_size=3, n_groups=4,
+        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (state_dim,)),
+                        "observation.environment_state": PolicyFeature(FeatureType.ENV, (env_dim,))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (len(action_low),))},
+        n_obs_steps=n_obs_steps, horizon=8, n_action_steps=4, down_dims=(16, 32), kernel_size=3, n_groups=4,
         diffusion_step_embed_dim=16, device="cpu")
     torch.manual_seed(seed)
     span = lambda low, high: {"min": torch.tensor(low), "max": torch.tensor(high)}  # noqa: E731
-    stats = {"observation.state": span([-1.0] * 18, [1.0] * 18), "observation.environment_state": span([-1.0] * 3, [1.0] * 3),
-             "action": span([-1.0, -1.0, -1.0, 0.0], [1.0, 1.0, 1.0, 2.0])}
+    stats = {"observation.state": span([-1.0] * state_dim, [1.0] * state_dim),
+             "observation.environment_state": span([-1.0] * env_dim, [1.0] * env_dim),
+             "action": span(action_low, action_high)}
     return save_with_processors(DiffusionPolicy(config), *make_diffusion_pre_post_processors(config, dataset_stats=stats),
                                 directory)
+
+
+def save_gym_hil_diffusion_base(directory: Path, seed: int = 0) -> Path:
+    """gym_hil's state observations (18-d robot, 3-d block), 4-d end-effector actions (deltas in [-1, 1], gripper
+    0 / 1 / 2)."""
+    return save_state_diffusion_base(directory, state_dim=18, env_dim=3, action_low=[-1.0, -1.0, -1.0, 0.0],
+                                     action_high=[1.0, 1.0, 1.0, 2.0], n_obs_steps=1, seed=seed)
 
 
 def save_pusht_diffusion_base(directory: Path, seed: int = 0, horizon: int = 8) -> Path:
