@@ -9,16 +9,17 @@ the card, the message.
 """
 
 import base64
+import hashlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
-from huggingface_hub import ModelCard, constants
+from huggingface_hub import ModelCard, constants, file_download
 from huggingface_hub.utils import reset_sessions
 
-from test_hub import FORMAT_FILES, steered_on
+from test_hub import ADAPTER_KWARGS, FORMAT_FILES, steered_on
 from tiny_common import save_pusht_diffusion_base
 from vla_steer.cli import main as cli
 
@@ -38,10 +39,44 @@ class StubHub(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self):  # noqa: N802  repo_info(expand="xetEnabled") before LFS uploads
-        path = unquote(urlparse(self.path).path)
-        repo = path.removeprefix("/api/models/").split("/revision/")[0]
+    def do_GET(self):  # noqa: N802
+        url = urlparse(self.path)
+        path = unquote(url.path)
+        if path == "/api/models":  # list_models(filter=[tags]): the repos whose card carries every tag
+            wanted = parse_qs(url.query).get("filter", [])
+            return self._reply([{"id": repo, "sha": COMMIT_SHA, "tags": tags, "lastModified": "2026-11-27T00:00:00.000Z"}
+                                for repo, tags in self._repo_tags().items() if set(wanted) <= set(tags)])
+        if "/resolve/" in path:  # hf_hub_download: the file of the repo's last commit
+            return self._send_file(path, body=True)
+        repo = path.removeprefix("/api/models/").split("/revision/")[0]  # repo_info(expand="xetEnabled") before LFS uploads
         self._reply({"id": repo, "sha": COMMIT_SHA, "xetEnabled": False, "siblings": []})
+
+    def do_HEAD(self):  # noqa: N802  hf_hub_download's metadata request
+        self._send_file(unquote(urlparse(self.path).path), body=False)
+
+    def _files(self) -> dict:
+        """``{repo: {path: bytes}}`` after every recorded commit."""
+        repos = {}
+        for commit in self.log["commits"]:
+            repos.setdefault(commit["repo"], {}).update(commit["files"])
+        return repos
+
+    def _repo_tags(self) -> dict:
+        return {repo: ModelCard(files["README.md"].decode()).data.tags or []
+                for repo, files in self._files().items() if "README.md" in files}
+
+    def _send_file(self, path: str, body: bool) -> None:
+        repo, rest = path.lstrip("/").split("/resolve/", 1)
+        content = self._files().get(repo, {}).get(rest.split("/", 1)[1])
+        if content is None:
+            return self.send_error(404)
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", COMMIT_SHA)
+        self.send_header("ETag", f'"{hashlib.sha256(content).hexdigest()}"')
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        if body:
+            self.wfile.write(content)
 
     def do_POST(self):  # noqa: N802
         path = unquote(urlparse(self.path).path)
@@ -91,6 +126,8 @@ def hub(monkeypatch):
     url = f"http://127.0.0.1:{server.server_address[1]}"
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", url)  # what HF_ENDPOINT=<url> sets when huggingface_hub is imported
+    for module in (constants, file_download):  # file URLs: file_download copied the template at import
+        monkeypatch.setattr(module, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
     reset_sessions()  # sessions are cached with the offline adapter mounted
     monkeypatch.setenv("HF_TOKEN", "hf_stub_token")  # so no token stored on this machine is read and sent
     yield {"url": url, "log": log}
@@ -154,3 +191,38 @@ def test_acting_head_push_to_hub_on_a_built_in_base(hub):
     assert config["base_model_name_or_path"] == "me/native-base" and config["revision"] == "d" * 40
     card = ModelCard(commit["files"]["README.md"].decode())
     assert card.data.base_model == "me/native-base" and "lerobot" not in card.data.tags
+
+
+def test_search_finds_the_heads_of_a_base_and_not_those_of_another(hub, base_dir, tmp_path, capsys):
+    """Heads pushed for two bases; a third repo carries the first base's tag over the second base's head. Searching
+    by the first base (a local directory) lists its head only, and says why the mis-tagged one was left out."""
+    import dataclasses
+
+    from vla_steer.hub.api import search_heads
+
+    other_base = save_pusht_diffusion_base(tmp_path / "other_base", seed=1)
+    steered_on(base_dir).push_to_hub("me/head-a")
+    steered_on(other_base).push_to_hub("me/head-b")
+    tag_a = next(t for t in ModelCard(hub["log"]["commits"][0]["files"]["README.md"].decode()).data.tags
+                 if t.startswith("vla-steer-base-"))
+    liar = dict(hub["log"]["commits"][1], repo="me/mis-tagged")
+    card_b = ModelCard(liar["files"]["README.md"].decode())
+    card_b.data.tags = [*card_b.data.tags, tag_a]
+    liar["files"] = {**liar["files"], "README.md": str(card_b).encode()}
+    hub["log"]["commits"].append(liar)
+
+    fingerprint, heads, skipped = search_heads(base_dir)
+    assert [h.repo_id for h in heads] == ["me/head-a"] and heads[0].algorithm == "lpds"
+    assert heads[0].adapter_kwargs == ADAPTER_KWARGS and heads[0].revision == COMMIT_SHA
+    assert fingerprint["weights"].startswith(tag_a.removeprefix("vla-steer-base-"))
+    assert skipped == ["me/mis-tagged: tagged for this base, but its recorded fingerprint is of other weights"]
+    assert [h.repo_id for h in search_heads(other_base)[1]] == ["me/head-b", "me/mis-tagged"]  # it is B's head
+    assert search_heads(save_pusht_diffusion_base(tmp_path / "third", seed=2))[1] == []
+
+    assert cli(["search", "--base", str(base_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"tag {tag_a}" in out and "me/head-a" in out and "me/head-b" not in out and "skipped me/mis-tagged" in out
+    assert cli(["search", "--base", str(base_dir), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["heads"] == [dataclasses.asdict(heads[0])] and listed["tag"] == tag_a
+    assert cli(["search", "--base", str(tmp_path / "nowhere")]) == 2  # a missing base: a clean error

@@ -42,13 +42,15 @@ STATS = {
 
 
 def write_trainer_head(directory: Path, algorithm: str = "lpds", delta_bias: float = 0.0, bound: float = 10.0,
-                       latent_layout: str = "full", critic: bool = False) -> Path:
+                       latent_layout: str = "full", critic: bool = False, latent_rows: int | None = None,
+                       steered_dims: int | None = None) -> Path:
     """``head/`` as ``SteeringTrainer.save_head`` writes it, with hand-set weights.
 
     LP-DS: the residual's last layer is zero except its bias, so ``Delta(s) = delta_bias`` for every state.
     """
-    head = HeadConfig(latent_layout=latent_layout, bound=bound, hidden_dim=16, num_layers=1, encoder_dim=8)
-    layout = LatentLayout(latent_layout, NOISE_SHAPE)
+    head = HeadConfig(latent_layout=latent_layout, bound=bound, hidden_dim=16, num_layers=1, encoder_dim=8,
+                      latent_rows=latent_rows, steered_dims=steered_dims)
+    layout = LatentLayout.from_head(head, NOISE_SHAPE)
     torch.manual_seed(3)
     if algorithm == "lpds":
         modules = {"delta": ResidualPerturbation(FEATURE_DIM, layout.latent_dim, 16, 1, 8)}
@@ -181,6 +183,25 @@ def test_tiled_layout(base_dir, tmp_path):
     torch.testing.assert_close(policy.predict_action_chunk(dict(batch), noise=row),
                                policy.base.predict_action_chunk(dict(batch), noise=(row + 0.2).expand(-1, 8, -1).contiguous()),
                                rtol=0, atol=1e-5)
+
+
+def test_interpolated_layout_on_the_real_action_dims(base_dir, tmp_path):
+    """3 control rows over the 8-row chunk, steering only SmolVLA's 2 real action dims of its 8 padded ones: the
+    deployed policy decodes exactly the trainer's noise, padded dims from the prior, and survives save / load."""
+    policy = steered(base_dir, tmp_path, delta_bias=0.2, latent_layout="interpolated", latent_rows=3, steered_dims=2)
+    layout = policy.head.layout
+    assert layout.latent_shape == (3, 2) and layout.describe() == "interpolated(3), 2 of 8 dims"
+    batch = tiny_smolvla_batch(policy.base, 2, seed=5)
+    latent = torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(6))
+    torch.manual_seed(9)
+    expected = policy.base.predict_action_chunk(dict(batch), noise=layout.to_noise((latent + 0.2).flatten(1)))
+    torch.manual_seed(9)
+    torch.testing.assert_close(policy.predict_action_chunk(dict(batch), noise=latent), expected, rtol=0, atol=1e-5)
+    policy.save_pretrained(tmp_path / "saved")
+    loaded = SteeredPolicy.from_pretrained(tmp_path / "saved")
+    assert loaded.head.layout.describe() == layout.describe()
+    torch.manual_seed(9)
+    torch.testing.assert_close(loaded.predict_action_chunk(dict(batch), noise=latent), expected, rtol=0, atol=1e-5)
 
 
 def test_save_load_round_trip(base_dir, root, tmp_path):

@@ -7,9 +7,11 @@ Examples::
     vla-steer train recipes/metaworld_push_dsrl_sac.yaml train.seed=1 train.output_dir=runs/sac1
     accelerate launch --cpu --num_processes 2 -m vla_steer train recipes/quickstart.yaml
     vla-steer eval runs/quickstart --episodes 100
+    vla-steer check-layout recipes/metaworld_push_lpds.yaml --episodes 20
     vla-steer push runs/quickstart --repo-id me/push-v3-lpds --dry-run
     vla-steer pull me/push-v3-lpds --revision <commit>
     vla-steer info me/push-v3-lpds --base
+    vla-steer search --base outputs/train/my_policy/checkpoints/last/pretrained_model
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def cmd_eval(args) -> None:
         raise FileNotFoundError(f"no checkpoint in {checkpoint}")
     accelerator = Accelerator(cpu=True) if not _cuda() else Accelerator()
     base = build_base(recipe, accelerator, show_progress=False)
-    layout = LatentLayout(recipe.head.latent_layout, base.adapter.noise_shape)
+    layout = LatentLayout.from_head(recipe.head, base.adapter.noise_shape)
     algo = build_algorithm(recipe.algorithm, recipe.head, base.adapter, layout, accelerator)
     algo.load_state_dict(load_tree(checkpoint, "algorithm"))
     evaluator = Evaluator(recipe, base, layout, seed=recipe.train.eval_seed)
@@ -107,6 +109,35 @@ def cmd_eval(args) -> None:
     print(json.dumps(report, indent=2))
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))
+
+
+def cmd_check_layout(args) -> int:
+    """The frozen base under each latent layout with prior latents, beside its own noise; exit status 1 when the
+    recipe's own layout does not keep the base."""
+    from accelerate import Accelerator
+
+    from vla_steer.adapters.base import LatentLayout
+    from vla_steer.pipeline import build_base
+    from vla_steer.training.layout_check import DEFAULT_ROWS, candidate_layouts, check_layouts, format_report
+
+    overrides = list(args.overrides) + ([f"train.eval_episodes={args.episodes}"] if args.episodes else [])
+    recipe = _with_threads(load_recipe(args.recipe, overrides))
+    accelerator = Accelerator(cpu=True) if not _cuda() else Accelerator()
+    base = build_base(recipe, accelerator, show_progress=True)
+    adapter = base.adapter
+    layouts = candidate_layouts(adapter.noise_shape, adapter.action_dim, args.rows or DEFAULT_ROWS)
+    own = LatentLayout.from_head(recipe.head, adapter.noise_shape)
+    if own.describe() not in [layout.describe() for layout in layouts]:
+        layouts.append(own)
+    report = check_layouts(recipe, base, layouts, show_progress=recipe.train.show_progress)
+    report["recipe_layout"] = own.describe()
+    print(f"{recipe.name}: noise {list(adapter.noise_shape)}, {adapter.action_dim} action dims, "
+          f"recipe's layout: {own.describe()}")
+    print(format_report(report))
+    if args.output:
+        args.output.write_text(json.dumps(report, indent=2))
+    own_row = next(r for r in report["layouts"] if r["layout"] == own.describe())
+    return 0 if own_row["keeps_base"] else 1
 
 
 def _cuda() -> bool:
@@ -308,6 +339,50 @@ def _add_hub_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="print head_config.json")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("search", help="Hub heads trained on exactly this base (by its fingerprint), with their metrics")
+    p.add_argument("--base", required=True, metavar="PATH_OR_ID", help="the base checkpoint: a directory or a Hub repo id")
+    p.add_argument("--revision", default=None, help="the base's revision")
+    p.add_argument("--limit", type=int, default=100, help="at most this many tagged repos are read")
+    p.add_argument("--full-fingerprint", action="store_true", help="hash every byte of the base (heads fingerprinted "
+                                                                   "with --full-fingerprint at push)")
+    p.add_argument("--token", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--json", action="store_true", help="print the heads as JSON")
+    p.set_defaults(func=cmd_search)
+
+
+@_hub_errors
+def cmd_search(args) -> None:
+    import contextlib
+    import dataclasses
+
+    from vla_steer.hub.api import search_heads
+    from vla_steer.hub.fingerprint import base_tag
+
+    hub = {k: v for k, v in (("token", args.token), ("cache_dir", args.cache_dir)) if v}
+    with contextlib.redirect_stdout(sys.stderr):  # LeRobot's loader prints; stdout stays the report (JSON with --json)
+        fingerprint, heads, skipped = search_heads(args.base, revision=args.revision, limit=args.limit,
+                                                   full_fingerprint=args.full_fingerprint, **hub)
+    if args.json:
+        print(json.dumps({"base_fingerprint": fingerprint, "tag": base_tag(fingerprint),
+                          "heads": [dataclasses.asdict(h) for h in heads], "skipped": skipped}, indent=2))
+        return
+    print(f"base {args.base}: weights {fingerprint['weights'][:16]} ({fingerprint['method']}), tag {base_tag(fingerprint)}")
+    if not heads:
+        print("no head on the Hub was trained on this base")
+    else:
+        print(f"  {'repo':40s} {'algorithm':9s} {'env':24s} {'success base -> steered':>24s}  adapter options")
+    for head in heads:
+        base, steered = head.metrics.get("base") or {}, head.metrics.get("steered") or {}
+        success = (f"{base['success_rate']:.2f} -> {steered['success_rate']:.2f}"
+                   if "success_rate" in base and "success_rate" in steered else "n/a")
+        print(f"  {head.repo_id:40s} {head.algorithm:9s} {str(head.env or '-'):24s} {success:>24s}  "
+              f"{json.dumps(head.adapter_kwargs)}")
+    if heads:
+        print(f"check one fully (adapter options included): vla-steer info <repo> --base {args.base}")
+    for line in skipped:
+        print(f"  skipped {line}")
+
 
 def cmd_serve(args) -> None:
     from vla_steer.lerobot_policy.serve import serve
@@ -375,6 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="train.field=value",
                    help="evaluation settings, e.g. train.eval_num_envs=50 train.eval_seed=3000000")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("check-layout", help="before RL: the frozen base under each latent layout (prior latents) "
+                       "beside its own noise, and which layout keeps it working")
+    _add_recipe_args(p)
+    p.add_argument("--episodes", type=int, default=None, help="episodes per layout (default: train.eval_episodes)")
+    p.add_argument("--rows", type=int, nargs="+", default=None, metavar="K",
+                   help="control rows of the interpolated layouts to try (default: 2 4 8)")
+    p.add_argument("--output", type=Path, default=None, help="also write the report (JSON) to this file")
+    p.set_defaults(func=cmd_check_layout)
     _add_hub_parsers(sub)
     p = sub.add_parser("serve", help="LeRobot's async inference policy server, able to serve steered policies",
                        description="Runs lerobot.async_inference.policy_server with the 'steered' policy type enabled. "

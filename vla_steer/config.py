@@ -97,7 +97,9 @@ class BaseConfig:
 
 @dataclass
 class HeadConfig:
-    latent_layout: Literal["full", "tiled"] = "full"
+    latent_layout: Literal["full", "tiled", "interpolated"] = "full"  # vla_steer.adapters.base.LatentLayout
+    latent_rows: Optional[int] = bounded(None, ge=1, le=4096)  # control rows of 'interpolated' (K)
+    steered_dims: Optional[int] = bounded(None, ge=1, le=4096)  # steer only the first N action dims (pi0 pads to 32); None = all
     bound: float = bounded(1.5, gt=0)  # latents live in [-bound, bound] for every method
     hidden_dim: int = bounded(256, ge=1, le=65536)
     num_layers: int = bounded(3, ge=1, le=64)
@@ -408,6 +410,8 @@ def validate_recipe(recipe: Recipe) -> None:
         (base.revision is None or base.path is not None, "base.revision needs base.path (a Hub repo id)"),
         (env.reward_mode != "sparse" or env.terminate_on_success,
          "env.reward_mode 'sparse' needs env.terminate_on_success: true (otherwise success keeps paying 0 forever)"),
+        ((recipe.head.latent_layout == "interpolated") == (recipe.head.latent_rows is not None),
+         "head.latent_rows (K control rows) goes with head.latent_layout: interpolated, and only with it"),
         (recipe.offline.dataset is None or recipe.algorithm.name == "dsrl_na"
          or (recipe.algorithm.name == "lpds" and recipe.algorithm.critic == "action"),
          "offline.dataset trains the action critic Q^A, which only dsrl_na and lpds with algorithm.critic: action "

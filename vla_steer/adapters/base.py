@@ -175,34 +175,105 @@ class SteerableAdapter(abc.ABC):
         return torch.randn((batch_size, *self.noise_shape), generator=generator, device=self.device)
 
 
-LatentLayoutName = Literal["full", "tiled"]
+LatentLayoutName = Literal["full", "tiled", "interpolated"]
+LATENT_LAYOUTS: tuple[str, ...] = ("full", "tiled", "interpolated")
+
+
+def interpolation_matrix(chunk: int, rows: int) -> torch.Tensor:
+    """``[chunk, rows]``: noise row ``t`` as a mix of the two control rows around it, control rows spread evenly
+    over the chunk (the first at ``t = 0``, the last at ``t = chunk - 1``).
+
+    Plain linear interpolation ``(1 - w) z_k + w z_{k+1}`` would shrink the variance between control rows (to 0.5 at
+    the midpoint), so each row is divided by ``sqrt((1 - w)^2 + w^2)``: every noise entry stays N(0, 1) and only the
+    correlation along time changes (``M M^T``, ones on its diagonal)."""
+    if rows == 1:
+        return torch.ones(chunk, 1)
+    position = torch.arange(chunk, dtype=torch.float64) * (rows - 1) / max(chunk - 1, 1)
+    left = position.floor().long().clamp(max=rows - 2)
+    weight = position - left
+    matrix = torch.zeros(chunk, rows, dtype=torch.float64)
+    matrix[torch.arange(chunk), left] = 1 - weight
+    matrix[torch.arange(chunk), left + 1] = weight
+    return (matrix / matrix.norm(dim=1, keepdim=True)).float()
 
 
 class LatentLayout:
-    """Maps the head's latent to the policy's noise.
+    """Maps the head's latent, ``N(0, I)`` under the prior, to the policy's noise ``[chunk, dim]``.
 
-    ``full``: the latent is the whole noise chunk, ``[chunk, dim]``.
-    ``tiled``: the latent is one row ``[1, dim]`` repeated over the chunk (DSRL's pi0 code). Tiling changes the
-    base policy's own behaviour (a tiled Gaussian is not i.i.d. noise) so check the base under it before RL.
+    Along time (``name``):
+
+    * ``full``: one latent row per noise row. The noise is i.i.d. N(0, 1), the base's own distribution.
+    * ``tiled``: one latent row repeated over the chunk (DSRL's pi0 code). Every entry is still N(0, 1), but all
+      rows are equal (correlation 1 along time), which many fine-tuned bases never saw: check the base under it
+      (``vla-steer check-layout``) before RL.
+    * ``interpolated``: ``rows`` control rows spread over the chunk, each noise row a variance-preserving linear
+      mix of its two neighbours (:func:`interpolation_matrix`). Entries stay N(0, 1); neighbouring rows are
+      correlated, rows more than one control interval apart are independent. ``rows = 1`` is ``tiled`` and
+      ``rows = chunk`` is ``full``.
+
+    Across action dimensions (``steered_dims``): ``None`` steers every noise dimension; ``d`` steers only the first
+    ``d`` (the robot's real action dimensions of a padded VLA such as pi0, which pads to 32), and the padded ones
+    keep a fresh prior draw at every call, as the base would draw them. So under the prior latent the noise is
+    ``N(0, M M^T)`` along time in the steered dimensions and i.i.d. N(0, 1) elsewhere.
     """
 
-    def __init__(self, name: LatentLayoutName, noise_shape: tuple[int, int]):
-        if name not in ("full", "tiled"):
-            raise ValueError(f"unknown latent layout {name!r}; use 'full' or 'tiled'")
-        self.name = name
-        self.noise_shape = tuple(noise_shape)
-        self.latent_shape = self.noise_shape if name == "full" else (1, self.noise_shape[1])
+    def __init__(self, name: LatentLayoutName, noise_shape: tuple[int, int], rows: int | None = None,
+                 steered_dims: int | None = None):
+        if name not in LATENT_LAYOUTS:
+            raise ValueError(f"unknown latent layout {name!r}; use one of {list(LATENT_LAYOUTS)}")
+        chunk, width = (int(n) for n in noise_shape)
+        if name == "interpolated":
+            if rows is None or not 1 <= rows <= chunk:
+                raise ValueError(f"latent layout 'interpolated' needs head.latent_rows between 1 and the chunk length "
+                                 f"{chunk}, got {rows!r}")
+        elif rows is not None:
+            raise ValueError(f"head.latent_rows ({rows}) applies only to latent_layout 'interpolated', not {name!r}; "
+                             "remove it or switch the layout")
+        if steered_dims is not None and not 1 <= steered_dims <= width:
+            raise ValueError(f"head.steered_dims must be between 1 and the noise width {width} (or null for all), "
+                             f"got {steered_dims!r}")
+        self.name, self.noise_shape = name, (chunk, width)
+        self.rows = {"full": chunk, "tiled": 1, "interpolated": rows}[name]
+        self.steered_dims = width if steered_dims is None else int(steered_dims)
+        self.latent_shape = (self.rows, self.steered_dims)
+        self.time_matrix = torch.eye(chunk) if name == "full" else interpolation_matrix(chunk, self.rows)
+
+    @classmethod
+    def from_head(cls, head, noise_shape: tuple[int, int]) -> "LatentLayout":
+        """The layout a :class:`vla_steer.config.HeadConfig` names."""
+        return cls(head.latent_layout, noise_shape, head.latent_rows, head.steered_dims)
 
     @property
     def latent_dim(self) -> int:
         return self.latent_shape[0] * self.latent_shape[1]
 
+    @property
+    def masked(self) -> bool:
+        return self.steered_dims < self.noise_shape[1]
+
+    def describe(self) -> str:
+        """A short name for tables: ``tiled``, ``interpolated(4)``, ``full, 7 of 32 dims``."""
+        name = f"interpolated({self.rows})" if self.name == "interpolated" else self.name
+        return f"{name}, {self.steered_dims} of {self.noise_shape[1]} dims" if self.masked else name
+
+    def noise_covariance_along_time(self) -> torch.Tensor:
+        """``[chunk, chunk]`` covariance of one steered dimension's noise under the prior latent (``M M^T``)."""
+        return self.time_matrix @ self.time_matrix.T
+
     def to_noise(self, latent: torch.Tensor) -> torch.Tensor:
         """``[B, latent_dim]`` (flat) -> ``[B, chunk, dim]`` noise."""
         latent = latent.reshape(latent.shape[0], *self.latent_shape)
-        if self.name == "tiled":
-            latent = latent.expand(-1, self.noise_shape[0], -1)
-        return latent.contiguous()
+        if self.name == "full":
+            steered = latent
+        elif self.name == "tiled":
+            steered = latent.expand(-1, self.noise_shape[0], -1)
+        else:
+            steered = torch.einsum("tk,bkd->btd", self.time_matrix.to(latent.device, latent.dtype), latent)
+        if not self.masked:
+            return steered.contiguous()
+        padded = torch.randn(latent.shape[0], self.noise_shape[0], self.noise_shape[1] - self.steered_dims,
+                             device=latent.device, dtype=latent.dtype)
+        return torch.cat([steered, padded], dim=-1)
 
     def __repr__(self) -> str:
-        return f"LatentLayout({self.name!r}, noise={self.noise_shape}, latent={self.latent_shape})"
+        return f"LatentLayout({self.describe()!r}, noise={self.noise_shape}, latent={self.latent_shape})"

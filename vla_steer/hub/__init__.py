@@ -24,8 +24,9 @@ from vla_steer.hub.fingerprint import base_fingerprint
 from vla_steer.hub.format import FORMAT_VERSION, BaseMismatchError, HeadFormatError, Limits
 
 _LAZY = {
-    "api": ("HeadDirectory", "UploadPlan", "base_record", "describe", "load_base_adapter", "load_base_for", "prepare_upload",
-            "pull", "push_directory", "resolve_repo", "training_record", "validate_directory", "write_model_card"),
+    "api": ("FoundHead", "HeadDirectory", "UploadPlan", "base_record", "describe", "fingerprint_base", "load_base_adapter",
+            "load_base_for", "prepare_upload", "pull", "push_directory", "resolve_repo", "search_heads", "training_record",
+            "validate_directory", "write_model_card"),
     "card": ("render_model_card",),
     "head_files": ("read_head", "write_directory", "write_head"),
     "schema": ("HEAD_TYPES", "build_head_modules", "shared_head_config", "validate_head_config"),

@@ -386,3 +386,63 @@ def pull(repo_id: str, *, revision: str | None = None, local_dir: str | Path | N
         raise ValueError(f"{repo_id} is a local directory; pull takes a Hub repo id")
     return validate_directory(resolve_repo(repo_id, revision=revision, patterns=PULL_PATTERNS, local_dir=local_dir,
                                            **hub), limits)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# finding heads for a base
+@dataclass
+class FoundHead:
+    """A Hub head whose recorded base fingerprint has the searched base's weights."""
+
+    repo_id: str
+    revision: str
+    algorithm: str
+    env: str | None
+    adapter_kwargs: dict  # the adapter options it was trained with (denoising steps ...): part of what must match
+    metrics: dict = field(default_factory=dict)  # {"base": {...}, "steered": {...}} from the training record
+    last_modified: str | None = None
+
+
+def fingerprint_base(base: str | Path, *, revision: str | None = None, full: bool = False, **hub: Any) -> dict:
+    """The fingerprint of a base checkpoint (a local directory or a Hub repo id, LeRobot or vla_steer), loaded
+    without adapter options: its weights digest is what heads trained on it are tagged with."""
+    directory = resolve_repo(base, revision=revision, patterns=BASE_PATTERNS, **hub)
+    config = read_json(directory / "config.json", f"base config.json ({directory})")
+    library = "lerobot" if isinstance(config, dict) and "input_features" in config else "vla_steer"
+    return base_fingerprint(load_base_adapter(str(directory), library=library), full=full)
+
+
+def search_heads(base: str | Path, *, revision: str | None = None, limit: int = 100, full_fingerprint: bool = False,
+                 **hub: Any) -> tuple[dict, list[FoundHead], list[str]]:
+    """Hub heads trained on exactly ``base``: ``(its fingerprint, heads, skipped)``.
+
+    Lists the models tagged with the base's tag (:func:`vla_steer.hub.fingerprint.base_tag`) through
+    ``HfApi.list_models``, reads each one's ``head_config.json`` at the listed commit, and keeps those whose
+    recorded weights digest equals the base's; ``skipped`` says why the others were left out (a tag is not proof).
+    The config half of the fingerprint also covers adapter options, which differ per head: ``vla-steer info <repo>
+    --base <base>`` checks a chosen head completely."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    from vla_steer.hub.fingerprint import base_tag
+    from vla_steer.hub.schema import validate_head_config
+
+    fingerprint = fingerprint_base(base, revision=revision, full=full_fingerprint, **hub)
+    api_kwargs = {k: v for k, v in hub.items() if k == "token"}
+    found, skipped = [], []
+    for model in HfApi().list_models(filter=[base_tag(fingerprint)], limit=limit, **api_kwargs):
+        try:
+            path = hf_hub_download(model.id, HEAD_CONFIG_NAME, revision=model.sha, **hub_kwargs(hub))
+            config = validate_head_config(read_json(Path(path), f"{model.id}/{HEAD_CONFIG_NAME}"))
+        except Exception as exc:  # one unreadable repo must not hide the others
+            skipped.append(f"{model.id}: {HEAD_CONFIG_NAME} unreadable ({type(exc).__name__}: {exc})")
+            continue
+        recorded = config.get("base_fingerprint")
+        if not recorded or recorded["method"] != fingerprint["method"] or recorded["weights"] != fingerprint["weights"]:
+            skipped.append(f"{model.id}: tagged for this base, but its recorded fingerprint is of other weights")
+            continue
+        training = config.get("training") or {}
+        found.append(FoundHead(
+            repo_id=model.id, revision=model.sha or "main", algorithm=config["algorithm"], env=config.get("env"),
+            adapter_kwargs=(config.get("features") or {}).get("adapter_kwargs") or {}, metrics=training.get("metrics") or {},
+            last_modified=str(model.last_modified) if model.last_modified else None))
+    return fingerprint, found, skipped

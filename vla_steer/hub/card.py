@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vla_steer.hub.fingerprint import base_tag
 from vla_steer.hub.format import (FORMAT_VERSION, HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, LEARNING_CURVE_NAME,
                                   MODEL_CARD_NAME, POLICY_CONFIG_NAME, PROCESSOR_CONFIG_NAMES, is_hub_repo_id)
 
@@ -57,7 +58,7 @@ def render_model_card(config: dict, files: list[str], *, repo_id: str | None = N
     algorithm = config["algorithm"]
     fingerprint = config["base_fingerprint"]
     lerobot = config["base_library"] == "lerobot" and POLICY_CONFIG_NAME in files
-    all_tags = ["robotics", LIBRARY_NAME, "noise-steering", "reinforcement-learning", algorithm,
+    all_tags = ["robotics", LIBRARY_NAME, "noise-steering", "reinforcement-learning", algorithm, base_tag(fingerprint),
                 config["base_policy_type"], *(["lerobot"] if config["base_library"] == "lerobot" else []), *(tags or [])]
     datasets = list(datasets or training.get("datasets") or [])
     card_data = ModelCardData(

@@ -111,6 +111,17 @@ def base_fingerprint(base: Any, *, full: bool = False) -> dict:
     }
 
 
+BASE_TAG_PREFIX = "vla-steer-base-"
+
+
+def base_tag(fingerprint: dict) -> str:
+    """The Hub tag a shared head carries for its base: ``vla-steer-base-`` + the first 16 hex digits of the weights
+    digest. Only the weights: adapter options (denoising steps) change the config digest, yet a head for the same
+    checkpoint is what someone searching by base wants to see (``vla-steer search`` then says whether the options
+    match too). A tag is an index anyone can set, never a proof: search checks each head's recorded fingerprint."""
+    return f"{BASE_TAG_PREFIX}{fingerprint['weights'][:16]}"
+
+
 def compare_fingerprints(recorded: dict, actual: dict) -> list[str]:
     """What differs between a recorded fingerprint and the base's (empty when they match)."""
     problems = []

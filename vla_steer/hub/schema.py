@@ -62,6 +62,13 @@ def _check_shape(config: dict, key: str) -> tuple[int, int]:
     return tuple(value)
 
 
+def _layout(head, noise_shape: tuple[int, int]) -> LatentLayout:
+    try:
+        return LatentLayout.from_head(head, noise_shape)
+    except ValueError as exc:
+        raise HeadFormatError(f"head config: {exc}") from None
+
+
 def _check_fingerprint(value: Any) -> None:
     if not (isinstance(value, dict) and set(value) == set(FINGERPRINT_KEYS) and value["method"] in METHODS
             and all(isinstance(value[k], str) and _HEX64.match(value[k]) for k in ("weights", "config"))
@@ -119,7 +126,7 @@ def validate_head_config(config: dict[str, Any]) -> dict[str, Any]:
     if not (_is_int(config["feature_dim"], 1) and config["feature_dim"] <= MAX_FEATURE_DIM):
         raise HeadFormatError(f"head config field 'feature_dim' must be an integer in 1..{MAX_FEATURE_DIM}, got "
                               f"{config['feature_dim']!r}")
-    layout = LatentLayout(head.latent_layout, noise_shape)
+    layout = _layout(head, noise_shape)
     if layout.latent_shape != latent_shape:
         raise HeadFormatError(f"latent_shape {list(latent_shape)} does not follow from noise_shape {list(noise_shape)} "
                               f"under latent_layout {head.latent_layout!r} (expected {list(layout.latent_shape)})")
@@ -182,7 +189,7 @@ def build_head_modules(config: dict[str, Any]) -> dict[str, nn.Module]:
 def _build_head_modules(checked: dict[str, Any]) -> dict[str, nn.Module]:
     head = checked["head"]
     feature_dim = int(checked["feature_dim"])
-    latent_dim = LatentLayout(head.latent_layout, checked["noise_shape"]).latent_dim
+    latent_dim = LatentLayout.from_head(head, checked["noise_shape"]).latent_dim
     rule = ACTING_RULES[checked["algorithm"]]
     modules = {rule.module: rule.build(feature_dim, latent_dim, head)}
     if checked.get("critic") == "latent":
@@ -210,7 +217,7 @@ def tensor_problems(expected: dict[str, tuple], found: dict[str, tuple]) -> list
 
 def mismatch_message(config: dict[str, Any], problems: list[str]) -> str:
     checked = validate_head_config(config)
-    latent_dim = LatentLayout(checked["head"].latent_layout, checked["noise_shape"]).latent_dim
+    latent_dim = LatentLayout.from_head(checked["head"], checked["noise_shape"]).latent_dim
     return (f"head tensors do not match head_config ({checked['algorithm']}, feature_dim={checked['feature_dim']}, "
             f"latent_dim={latent_dim}): " + ", ".join(problems))
 

@@ -57,7 +57,7 @@ class ActingHead(nn.Module):
         head = config["head"]
         self.algorithm = config["algorithm"]
         self.raw_config = canonical_head_config(head_config)
-        self.layout = LatentLayout(head.latent_layout, config["noise_shape"])
+        self.layout = LatentLayout.from_head(head, config["noise_shape"])
         self.feature_dim, self.bound = int(config["feature_dim"]), float(head.bound)
         # the algorithm's acting module ("delta" / "actor") and, if shipped, the latent critic Q^W(s, z) ("critic"),
         # as the format describes them: the same modules, so the same tensor names, as the algorithm trained

@@ -109,7 +109,7 @@ def _build(recipe: Recipe):
     accelerator = make_accelerator(recipe, Path(t.output_dir))
     set_seed(t.seed)
     base = build_base(recipe, accelerator, show_progress=t.show_progress)
-    layout = LatentLayout(recipe.head.latent_layout, base.adapter.noise_shape)
+    layout = LatentLayout.from_head(recipe.head, base.adapter.noise_shape)
     set_seed(t.seed)
     algo = build_algorithm(recipe.algorithm, recipe.head, base.adapter, layout, accelerator)
     return accelerator, base, layout, algo

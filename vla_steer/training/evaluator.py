@@ -24,8 +24,8 @@ class Evaluator:
     """Evaluates the frozen base, or the base steered by an algorithm's head, on ``train.eval_episodes`` episodes.
 
     Modes: ``base`` (the base with its own i.i.d. N(0, I) noise), ``policy`` (the head; best-of-K when
-    ``train.eval_best_of_k > 1``) and ``prior_latent`` (prior latents through the latent layout: the base under a
-    tiled latent).
+    ``train.eval_best_of_k > 1``) and ``prior_latent`` (prior latents, clipped to ``head.bound`` as every method's are,
+    through the latent layout: the base under a tiled or interpolated latent; no head needed).
     """
 
     def __init__(self, recipe: Recipe, base, layout: LatentLayout, seed: int = EVAL_SEED):
@@ -33,7 +33,7 @@ class Evaluator:
         self.seed = seed
 
     def evaluate(self, mode: str = "policy", algo=None) -> dict:
-        if mode != "base" and algo is None:
+        if mode == "policy" and algo is None:
             raise ValueError(f"evaluation mode {mode!r} needs the algorithm whose head acts")
         devices = [self.adapter.device] if self.adapter.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
@@ -42,7 +42,8 @@ class Evaluator:
 
     def _latent(self, algo, features: torch.Tensor, mode: str, deterministic: bool) -> torch.Tensor:
         if mode == "prior_latent":
-            return algo.prior_latent(features.shape[0])
+            bound = self.recipe.head.bound
+            return torch.randn(features.shape[0], self.layout.latent_dim, device=features.device).clamp(-bound, bound)
         return algo.act(features, deterministic=deterministic).float()
 
     def _act(self, collector: Collector, context, mode: str, algo, deterministic: bool):

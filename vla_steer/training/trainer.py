@@ -34,6 +34,7 @@ from vla_steer.training import checkpoint as ckpt
 from vla_steer.training.collector import Collector
 from vla_steer.training.evaluator import Evaluator
 from vla_steer.training.exporter import export_run
+from vla_steer.training.layout_check import layout_warning
 from vla_steer.training.learner import Learner
 
 from vla_steer.envs.robot_env import ENV_TYPE as ROBOT_ENV_TYPE, EmergencyStop
@@ -81,7 +82,7 @@ class SteeringTrainer:
 
             base = SteeringBase(base, ObservationPipeline(acc.device), ActionPipeline())
         self.base, self.adapter = base, base.adapter
-        self.layout = LatentLayout(recipe.head.latent_layout, self.adapter.noise_shape)
+        self.layout = LatentLayout.from_head(recipe.head, self.adapter.noise_shape)
         set_seed(t.seed)
         self.algo: SteeringAlgorithm = build_algorithm(recipe.algorithm, recipe.head, self.adapter, self.layout, acc)
         self._check_algorithm_fits()
@@ -347,6 +348,11 @@ class SteeringTrainer:
             self.log({"event": "base_eval", "env_steps": 0, **_flat(self.base_metrics, "base")})
             self._print(f"base policy: success {self.base_metrics.get('success_rate', 0):.2f}, "
                         f"return {self.base_metrics.get('return_mean', 0):.1f}")
+            if "under_latent_layout" in self.base_metrics:
+                warning = layout_warning(self.layout, self.base_metrics, self.base_metrics["under_latent_layout"])
+                if warning:
+                    self.log({"event": "layout_warning", "env_steps": 0, "message": warning})
+                    print(warning, file=sys.stderr)  # loud even without progress output
         return resumed
 
     def _update_and_evaluate(self, start: float, progress) -> None:
@@ -426,7 +432,14 @@ def learnable(transition: dict[str, torch.Tensor], algo: SteeringAlgorithm) -> d
 
 
 def _flat(metrics: dict, prefix: str) -> dict:
-    return {f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    """``{"prefix/key": number}``, nested dicts (the base under the latent layout) as ``prefix/inner/key``."""
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}/{key}"))
+        elif isinstance(value, (int, float)):
+            flat[f"{prefix}/{key}"] = value
+    return flat
 
 
 def _recent(episodes: dict, n: int = 20) -> dict:
