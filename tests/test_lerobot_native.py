@@ -95,7 +95,8 @@ def test_train_on_a_lerobot_checkpoint_in_pusht(pusht_base, tmp_path, algorithm)
 
 def test_train_a_lerobot_smolvla_from_pusht_pixels(tmp_path):
     """SmolVLA (LeRobot's class, toy SmolVLM) on PushT's camera + agent position + the task text lerobot-eval adds;
-    its KV-cache contexts are not storable, so LP-DS runs with its latent critic and DSRL-NA is refused."""
+    its KV-cache contexts are not storable: LP-DS runs with its latent critic, DSRL-NA by re-encoding stored
+    observations."""
     from tiny_vla import save_pusht_smolvla_base
 
     base = save_pusht_smolvla_base(tmp_path)
@@ -116,9 +117,21 @@ def test_train_a_lerobot_smolvla_from_pusht_pixels(tmp_path):
     torch.testing.assert_close(trainer.adapter.predict_action_chunk(context, noise), theirs, rtol=0, atol=1e-5)
     trainer.collector.close()
 
-    with pytest.raises(ValueError, match="too large to store.*dsrl_sac, or lpds with algorithm.critic: latent"):
-        other = recipe.to_dict()
-        SteeringTrainer(recipe_from_dict({**other, "algorithm": {"name": "dsrl_na"}, "train": {**other["train"], "resume": False}}))
+    # DSRL-NA: the KV cache is not stored, the processed observations are (PushT's frames as uint8, exactly), and
+    # every update re-encodes them
+    from vla_steer.training.collector import stored_observations
+
+    other = recipe.to_dict()
+    na = SteeringTrainer(recipe_from_dict({**other, "algorithm": {"name": "dsrl_na", "batch_size": 16},
+                                           "train": {**other["train"], "resume": False, "total_env_steps": 128,
+                                                     "warmup_env_steps": 64}}))
+    na.run()
+    assert na.updates > 0 and na.buffer.storage["obs_u8/observation.image"].dtype == torch.uint8
+    stored = {key: value[:4] for key, value in na.buffer.storage.items()}
+    with torch.no_grad():
+        features = na.adapter.encode(stored_observations(stored, "next_")).features
+    torch.testing.assert_close(features, stored["next_features"], rtol=0, atol=1e-5)
+    na.collector.close()
 
 
 def test_cli_trains_from_a_hub_repo_id_at_a_revision_offline(pusht_base, tmp_path, monkeypatch, capsys):

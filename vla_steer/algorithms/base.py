@@ -129,6 +129,27 @@ class SteeringAlgorithm(nn.Module):
         actions = self.adapter.decode(context, self.layout.to_noise(latent))
         return actions.flatten(1)
 
+    @torch.no_grad()
+    def decode_stored(self, batch, latent=None, next_latent=None):
+        """Executed rows (flattened ``[B, k * A]``) decoded from ``latent`` at the batch's states s and from
+        ``next_latent`` at s'; ``None`` for a latent not given.
+
+        Storable contexts come from the buffer. Otherwise (a VLA's KV cache) the observations the collector stored
+        (``vla_steer.training.collector.OBSERVATION_PREFIX``) are re-encoded: s and s' in one batched prefix pass, and
+        one decode for both."""
+        if self.adapter.storable_decode_state:
+            return tuple(None if z is None else self.decode_executed(batch[f"{prefix}features"], batch[f"{prefix}decode_state"], z)
+                         for prefix, z in (("", latent), ("next_", next_latent)))
+        from vla_steer.training.collector import stored_observations
+
+        wanted = [(prefix, z) for prefix, z in (("", latent), ("next_", next_latent)) if z is not None]
+        parts = [stored_observations(batch, prefix) for prefix, _ in wanted]
+        observation = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+        context = self.adapter.encode(observation)
+        actions = self.adapter.decode(context, self.layout.to_noise(torch.cat([z for _, z in wanted]))).flatten(1)
+        decoded = dict(zip([prefix for prefix, _ in wanted], actions.split(batch["features"].shape[0])))
+        return decoded.get(""), decoded.get("next_")
+
     def td_target(self, batch, next_q: torch.Tensor) -> torch.Tensor:
         """r + discount * (1 - terminated) * next_q. Time-limit truncation is *not* terminal: it bootstraps."""
         return batch["reward"] + batch["discount"] * (1.0 - batch["terminated"]) * next_q

@@ -30,37 +30,44 @@ class DualCriticMixin:
         self.make_optimizer("action_critic", self.action_critic.parameters(), self.cfg.critic_lr)
         self.make_optimizer("noise_critic", self.noise_critic.parameters(), self.cfg.critic_lr)
 
-    def action_critic_step(self, batch, next_latent, next_bonus=None):
-        with torch.no_grad():
-            next_action = self.decode_executed(batch["next_features"], batch["next_decode_state"], next_latent)
+    def critic_decodes(self, batch, next_latent):
+        """The decodes one update needs, drawn up front: ``(executed rows of next_latent at s', [(z, executed rows of
+        z at s)] for distill_steps prior draws z)``. Contexts come from the buffer, or from one batched re-encode of the
+        stored observations (``decode_stored``)."""
+        draws = [self.prior_latent(batch["features"].shape[0]) for _ in range(self.cfg.distill_steps)]
+        at_s, next_action = self.decode_stored(batch, draws[0], next_latent)
+        prior_actions = [at_s] + [self.decode_stored(batch, z, None)[0] for z in draws[1:]]
+        return next_action, list(zip(draws, prior_actions))
+
+    def action_critic_step(self, batch, next_action, next_bonus=None):
         return self.td_critic_step("action_critic", self.action_critic, self.action_critic_target, batch,
                                    batch["action"], next_action, next_bonus)
 
     def action_critic_loss(self, batch) -> torch.Tensor:
         """Q^A's TD loss on ``batch`` with the current head's next latents, without updating anything (held-out data)."""
         with torch.no_grad():
-            next_action = self.decode_executed(batch["next_features"], batch["next_decode_state"],
-                                               self.act(batch["next_features"]))
+            next_action = self.decode_stored(batch, None, self.act(batch["next_features"]))[1]
             return self.td_loss(self.action_critic, self.action_critic_target, batch, batch["action"], next_action)[0]
 
     def critic_update(self, batch) -> dict[str, float]:
         """Critics only (the offline warm start): a TD step of Q^A with the current head's next latents (no entropy
         bonus: the head is not trained yet), then Q^W distilled from it."""
-        with torch.no_grad():
-            next_latent = self.act(batch["next_features"])
-        critic_loss, q = self.action_critic_step(batch, next_latent)
-        distill_loss = self.distill_step(batch)
+        next_action, prior_draws = self.critic_decodes(batch, self.act(batch["next_features"]))
+        critic_loss, q = self.action_critic_step(batch, next_action)
+        distill_loss = self.distill(batch, prior_draws)
         return {"critic_loss": critic_loss.item(), "distill_loss": float(distill_loss), "q": q.mean().item()}
 
-    def distill_step(self, batch):
-        """Q^W_i(s, z) <- Q^A_i(s, decode(s, z)) on prior latents (each head copies its twin)."""
-        s = batch["features"]
-        z = self.prior_latent(s.shape[0])
-        with torch.no_grad():
-            target = self.action_critic(s, self.decode_executed(s, batch["decode_state"], z))
-        loss = 0.5 * (self.noise_critic(s, z) - target).pow(2).mean(1).sum()
-        self.optimizer_step("noise_critic", loss)
-        return loss.detach()
+    def distill(self, batch, prior_draws) -> torch.Tensor:
+        """Q^W_i(s, z) <- Q^A_i(s, decode(s, z)) on prior latents (each head copies its twin), one step per draw; the
+        mean loss."""
+        s, losses = batch["features"], []
+        for z, prior_action in prior_draws:
+            with torch.no_grad():
+                target = self.action_critic(s, prior_action)
+            loss = 0.5 * (self.noise_critic(s, z) - target).pow(2).mean(1).sum()
+            self.optimizer_step("noise_critic", loss)
+            losses.append(loss.detach())
+        return sum(losses) / len(losses)
 
 
 class DSRLNA(DualCriticMixin, SACActorMixin, SteeringAlgorithm):
@@ -77,8 +84,9 @@ class DSRLNA(DualCriticMixin, SACActorMixin, SteeringAlgorithm):
         with torch.no_grad():
             next_z, next_logp = self.actor(batch["next_features"])
         bonus = -self.alpha * next_logp if self.cfg.backup_entropy else None
-        critic_loss, q = self.action_critic_step(batch, next_z, bonus)
-        distill_loss = sum(self.distill_step(batch) for _ in range(self.cfg.distill_steps)) / self.cfg.distill_steps
+        next_action, prior_draws = self.critic_decodes(batch, next_z)
+        critic_loss, q = self.action_critic_step(batch, next_action, bonus)
+        distill_loss = self.distill(batch, prior_draws)
 
         new_z, logp = self.actor(s)
         with no_weight_gradients(self.noise_critic) as critic:

@@ -67,8 +67,9 @@ class LPDS(DualCriticMixin, SteeringAlgorithm):
         if self.cfg.critic == "action":
             with torch.no_grad():
                 next_z, _ = self.steer(batch["next_features"])
-            critic_loss, q = self.action_critic_step(batch, next_z)
-            distill_loss = sum(self.distill_step(batch) for _ in range(self.cfg.distill_steps)) / self.cfg.distill_steps
+            next_action, prior_draws = self.critic_decodes(batch, next_z)
+            critic_loss, q = self.action_critic_step(batch, next_action)
+            distill_loss = self.distill(batch, prior_draws)
         else:
             critic_loss, q = self.latent_critic_step(batch)
             distill_loss = torch.zeros((), device=s.device)

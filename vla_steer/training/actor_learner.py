@@ -130,7 +130,9 @@ class Actor:
         # the files are the truth: an episode file written just before a kill is counted even if the state was not
         self.state["episodes"] = max(self.state["episodes"], len(episode_files(self.root)))
         self.collector = Collector(recipe, self.base, self.layout, seed=recipe.train.seed * 10_000,
-                                   record_to=self.root / "rollouts")
+                                   record_to=self.root / "rollouts",
+                                   store_observations=self.algo.needs_stored_decode_state
+                                   and not self.base.adapter.storable_decode_state)
         self.head_version = -1
         self.control_periods: list[float] = []
 

@@ -42,6 +42,54 @@ def check_finite(name: str, value, step: int) -> None:
         )
 
 
+#: transition fields of a stored observation (bases whose context cannot be stored, for the action critic's re-encode):
+#: ``obs/<key>`` at s, ``next_obs/<key>`` at s'; ``obs_u8/<key>`` holds an image stored as bytes (see
+#: :func:`observation_fields`)
+OBSERVATION_FIELD, IMAGE_BYTES_FIELD = "obs/", "obs_u8/"
+
+
+def observation_fields(observation: dict, prefix: str, as_bytes: set[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a processed observation batch (what ``adapter.encode`` reads) as transition fields.
+
+    Images in ``as_bytes`` are stored as uint8, 4x smaller than float32 and exact: LeRobot's processed frames are
+    uint8 pixels / 255 (:func:`images_stored_as_bytes` picks them). Non-tensor entries (the task text) are dropped: the
+    language tokens carry it."""
+    fields = {}
+    for key, value in observation.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if key in as_bytes:
+            pixels = value * 255
+            if not torch.equal(pixels.round(), pixels.float()):
+                raise ValueError(f"{key} is no longer a whole number of 1/255 steps, as in the first batch; the replay "
+                                 "buffer stores it as uint8. Does the env's image processing change between steps?")
+            fields[f"{prefix}{IMAGE_BYTES_FIELD}{key}"] = pixels.round().to(torch.uint8)
+        else:
+            fields[f"{prefix}{OBSERVATION_FIELD}{key}"] = value
+    return fields
+
+
+def images_stored_as_bytes(observation: dict) -> set[str]:
+    """The float image entries (``[B, C, H, W]``) of a processed batch whose values are whole multiples of 1/255."""
+    return {key for key, value in observation.items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.ndim == 4
+            and torch.equal((value * 255).round(), value * 255)}
+
+
+def stored_observations(batch: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The processed observation batch stored under ``prefix`` (``""``: s, ``"next_"``: s'), images back in [0, 1]."""
+    observation = {}
+    for field, value in batch.items():
+        if field.startswith(prefix + OBSERVATION_FIELD):
+            observation[field.removeprefix(prefix + OBSERVATION_FIELD)] = value
+        elif field.startswith(prefix + IMAGE_BYTES_FIELD):
+            observation[field.removeprefix(prefix + IMAGE_BYTES_FIELD)] = value.float() / 255
+    if not observation:
+        raise KeyError(f"the batch holds no stored observations under {prefix!r}: the collector stores them only when "
+                       "the algorithm re-encodes (an action critic on a base whose context cannot be stored)")
+    return observation
+
+
 def with_final_observations(next_obs, info: dict, done: np.ndarray):
     """The true next observation of every env: SAME_STEP autoreset puts a finished episode's last one in
     ``info["final_obs"]`` (per env; a dict per env for dict observation spaces)."""
@@ -168,7 +216,8 @@ class Collector:
             is appended to: a resumed run goes on recording where it stopped).
     """
 
-    def __init__(self, recipe: Recipe, base, layout: LatentLayout, seed: int, record_to=None, with_teleop: bool = True):
+    def __init__(self, recipe: Recipe, base, layout: LatentLayout, seed: int, record_to=None, with_teleop: bool = True,
+                 store_observations: bool = False):
         from vla_steer.envs.robot_env import ENV_TYPE as ROBOT_ENV_TYPE
 
         self.recipe, self.base, self.adapter, self.layout = recipe, base, base.adapter, layout
@@ -184,6 +233,8 @@ class Collector:
         self.last_ended: np.ndarray = np.zeros(0, int)  # the envs whose episode the last step ended, in tracker order
         self.last_chunk_steps: np.ndarray = np.zeros(self.num_envs, int)  # env steps each env ran in the last step
         self.obs = self.context = None
+        # the processed observations go into transitions too, for an action critic that re-encodes them
+        self.store_observations, self._image_bytes = store_observations, None
 
     # -- observations ------------------------------------------------------------------------------------
     def tasks(self, envs: gym.vector.VectorEnv | None = None) -> list[str]:
@@ -196,7 +247,17 @@ class Collector:
         return [task_description(self.recipe.env.id)] * envs.num_envs
 
     def encode(self, obs, envs: gym.vector.VectorEnv | None = None) -> Context:
-        return self.adapter.encode(self.base.observations(obs, self.tasks(envs)))
+        observation = self.base.observations(obs, self.tasks(envs))
+        context = self.adapter.encode(observation)
+        if self.store_observations:
+            context.extras["observation"] = observation
+        return context
+
+    def _observation_fields(self, context: Context, prefix: str) -> dict[str, torch.Tensor]:
+        observation = context.extras["observation"]
+        if self._image_bytes is None:
+            self._image_bytes = images_stored_as_bytes(observation)
+        return observation_fields(observation, prefix, self._image_bytes)
 
     def check_inputs(self, obs) -> None:
         """Refuse an env whose processed observation lacks what the base reads, naming the keys and the fix."""
@@ -226,7 +287,8 @@ class Collector:
              discount_mode: str) -> dict[str, torch.Tensor]:
         """Act once in every env; returns the replay transition (``features``, ``latent``, ``action`` (normalised,
         flattened), ``reward`` (summed over the chunk), ``discount``, ``terminated``, ``next_features``, for
-        storable contexts ``decode_state`` / ``next_decode_state``, and in robot envs ``intervention``: 1 where a
+        storable contexts ``decode_state`` / ``next_decode_state``, with ``store_observations`` the processed
+        observations (:func:`observation_fields`), and in robot envs ``intervention``: 1 where a
         person's actions replaced rows of the chunk; ``action`` then holds the rows as executed)."""
         context = self.context
         latent = self.guard.latent(choose_latent(context.features),
@@ -261,6 +323,8 @@ class Collector:
         if context.storable:
             transition["decode_state"] = context.decode_state
             transition["next_decode_state"] = next_context.decode_state
+        if self.store_observations:
+            transition |= self._observation_fields(context, "") | self._observation_fields(next_context, "next_")
         ended = self.tracker.update(reward, done, chunk_steps, step_info(info, done, "is_success") > 0)
         self.last_ended, self.last_chunk_steps = ended, chunk_steps
         for i in np.nonzero(done)[0]:

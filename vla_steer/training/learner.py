@@ -29,7 +29,9 @@ class Learner:
         self.sample_generator = torch.Generator().manual_seed(sampler_seed)
         self.updates = 0
         self._graphed = None  # the captured update (vla_steer.training.cuda_graph), built at the first update
-        self._try_graph = recipe.train.cuda_graph_updates and accelerator.device.type == "cuda"
+        # a graph replays fixed kernels on fixed tensors: not for updates that re-encode observations through a VLA
+        reencodes = algo.needs_stored_decode_state and not algo.adapter.storable_decode_state
+        self._try_graph = recipe.train.cuda_graph_updates and accelerator.device.type == "cuda" and not reencodes
 
     def add(self, transition: dict[str, torch.Tensor]) -> None:
         self.buffer.add(transition)

@@ -88,7 +88,8 @@ class SteeringTrainer:
         self._check_algorithm_fits()
         self.learner = Learner(recipe, self.algo, acc, sampler_seed=t.seed * 7919 + acc.process_index)
         self.env_seed = t.seed * 10_000 + acc.process_index * 1_000
-        self.collector = Collector(recipe, base, self.layout, self.env_seed, self._recording_dir())
+        self.collector = Collector(recipe, base, self.layout, self.env_seed, self._recording_dir(),
+                                   store_observations=self.reencodes_observations)
         self.evaluator = Evaluator(recipe, base, self.layout, seed=t.eval_seed)
 
         steps_per_iteration = recipe.env.num_envs * self.adapter.n_action_steps * acc.num_processes
@@ -118,12 +119,18 @@ class SteeringTrainer:
     def updates(self) -> int:
         return self.learner.updates
 
+    @property
+    def reencodes_observations(self) -> bool:
+        """An action critic on a base whose context (a VLM KV cache) cannot be stored: the buffer keeps the processed
+        observations and each update re-encodes its batch (``SteeringAlgorithm.decode_stored``)."""
+        return self.algo.needs_stored_decode_state and not self.adapter.storable_decode_state
+
     def _check_algorithm_fits(self) -> None:
-        if self.algo.needs_stored_decode_state and not self.adapter.storable_decode_state:
+        if self.reencodes_observations and self.recipe.offline.dataset:
             raise ValueError(
-                f"{self.recipe.algorithm.name} decodes actions from replay-buffer contexts, but the "
-                f"{type(self.adapter).__name__} context (a VLM KV cache) is too large to store: use "
-                "algorithm.name: dsrl_sac, or lpds with algorithm.critic: latent")
+                f"offline.dataset with {self.recipe.algorithm.name} on a {type(self.adapter).__name__} base is not "
+                "supported yet: its context cannot be stored and offline transitions do not keep the observations to "
+                "re-encode. Train without offline data, or on a base with a storable context")
 
     def _recording_dir(self) -> Path | None:
         """Where this process records its rollouts (``train.record_rollouts``, always on a robot env: every episode a
