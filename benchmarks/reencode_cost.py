@@ -45,7 +45,8 @@ def main() -> None:
     common = [f"train.cache_dir={work / 'cache'}", "base.bc_steps=20", "demos.num_episodes=2", "train.show_progress=false",
               f"train.total_env_steps={args.fill_env_steps}", f"train.warmup_env_steps={args.fill_env_steps}",
               f"train.eval_every={args.fill_env_steps}", "train.eval_episodes=1", "train.eval_num_envs=1",
-              "train.entropy_states=1", "train.entropy_draws=4", "train.resume=false"]
+              "train.entropy_states=1", "train.entropy_draws=4", "train.resume=false",
+              f"train.buffer_size={args.fill_env_steps}"]
     trainers = {}
     for name, algorithm in METHODS.items():
         recipe = load_recipe(args.recipe, common + [f"train.output_dir={work / name}"]).to_dict()

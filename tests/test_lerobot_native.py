@@ -119,7 +119,7 @@ def test_train_a_lerobot_smolvla_from_pusht_pixels(tmp_path):
 
     # DSRL-NA: the KV cache is not stored, the processed observations are (PushT's frames as uint8, exactly), and
     # every update re-encodes them
-    from vla_steer.training.collector import stored_observations
+    from vla_steer.algorithms.stored_observations import stored_observations
 
     other = recipe.to_dict()
     na = SteeringTrainer(recipe_from_dict({**other, "algorithm": {"name": "dsrl_na", "batch_size": 16},

@@ -127,7 +127,7 @@ def test_action_critic_on_xvla_reencodes_stored_observations(xvla_base, tmp_path
     """X-VLA's context (VLM token features) cannot be stored, so DSRL-NA's replay buffer keeps the processed
     observations (ImageNet-normalised images stay float) and every update re-encodes s and s'. What is stored
     reproduces the contexts the collector acted on, and the action critic's TD loss falls on held-out transitions."""
-    from vla_steer.training.collector import stored_observations
+    from vla_steer.algorithms.stored_observations import stored_observations
 
     recipe = recipe_from_dict(xvla_recipe(  # gamma 0.5: Q's targets settle within the test's few hundred updates
         tmp_path, xvla_base, algorithm={"name": "dsrl_na", "batch_size": 32, "gamma": 0.5},

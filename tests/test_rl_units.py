@@ -190,3 +190,17 @@ def test_energy_distance_is_zero_for_one_distribution_and_matches_a_shift_in_clo
     mean_abs = sd * math.sqrt(2 / math.pi) * math.exp(-mu ** 2 / (2 * sd ** 2)) + mu * math.erf(mu / (sd * math.sqrt(2)))
     exact = 2 * mean_abs - 2 * sd * math.sqrt(2 / math.pi)
     assert energy_distance(x, y + mu).item() == pytest.approx(exact, abs=0.03)
+
+
+def test_a_buffer_too_large_for_memory_is_refused_before_allocating():
+    """With stored observations one transition can be tens of kilobytes: a buffer_size that cannot fit is refused
+    with the numbers and a size that fits, before any tensor is allocated."""
+    from vla_steer.config import RecipeError
+    from vla_steer.training.buffer import BufferTooLargeError, ReplayBuffer
+
+    buffer = ReplayBuffer(10**12)
+    with pytest.raises(BufferTooLargeError, match=r"train.buffer_size=1,000,000,000,000 rows x 16 bytes per transition"
+                                                  r".*lower train.buffer_size \(e.g. [\d,]+"):
+        buffer.add({"features": torch.zeros(2, 4)})
+    assert buffer.storage == {} and issubclass(BufferTooLargeError, RecipeError)  # the CLI prints it as a recipe error
+    ReplayBuffer(1000).add({"features": torch.zeros(2, 4)})  # a small one is fine

@@ -15,6 +15,7 @@ from torch import nn
 
 from vla_steer.adapters.base import LatentLayout, SteerableAdapter
 from vla_steer.algorithms.configs import AlgorithmConfig, SACTemperatureConfig
+from vla_steer.algorithms.stored_observations import stored_observations
 from vla_steer.steering import ACTING_RULES, ActingRule
 
 if TYPE_CHECKING:  # type names only: vla_steer.config imports this package's configs, not the other way round
@@ -135,13 +136,11 @@ class SteeringAlgorithm(nn.Module):
         ``next_latent`` at s'; ``None`` for a latent not given.
 
         Storable contexts come from the buffer. Otherwise (a VLA's KV cache) the observations the collector stored
-        (``vla_steer.training.collector.OBSERVATION_PREFIX``) are re-encoded: s and s' in one batched prefix pass, and
+        (``vla_steer.algorithms.stored_observations``) are re-encoded: s and s' in one batched prefix pass, and
         one decode for both."""
         if self.adapter.storable_decode_state:
             return tuple(None if z is None else self.decode_executed(batch[f"{prefix}features"], batch[f"{prefix}decode_state"], z)
                          for prefix, z in (("", latent), ("next_", next_latent)))
-        from vla_steer.training.collector import stored_observations
-
         wanted = [(prefix, z) for prefix, z in (("", latent), ("next_", next_latent)) if z is not None]
         parts = [stored_observations(batch, prefix) for prefix, _ in wanted]
         observation = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}

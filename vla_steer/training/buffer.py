@@ -4,6 +4,40 @@ from __future__ import annotations
 
 import torch
 
+from vla_steer.config import RecipeError
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (CUDA: ``mem_get_info``; CPU: Linux's MemAvailable), or None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class BufferTooLargeError(RecipeError):
+    """The replay buffer the recipe asks for would not fit in memory (raised before anything is allocated; the CLI
+    prints it as it prints every recipe error)."""
+
+
+def check_fits_in_memory(capacity: int, batch: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Refuse, before allocating, a buffer of ``capacity`` rows like ``batch``'s that would not fit in memory: with
+    stored observations (a VLA base's action critic) one row can be tens of kilobytes."""
+    row_bytes = sum(v[0].numel() * v.element_size() for v in batch.values())
+    free = available_memory(device)
+    if free is not None and capacity * row_bytes > 0.8 * free:
+        fitting = int(0.5 * free // row_bytes)
+        raise BufferTooLargeError(
+            f"train.buffer_size={capacity:,} rows x {row_bytes:,} bytes per transition = {capacity * row_bytes / 1e9:.1f} "
+            f"GB, more than the {free / 1e9:.1f} GB free on {device}; lower train.buffer_size (e.g. {fitting:,}, half "
+            "of what is free)")
+
 
 class ReplayBuffer:
     """Fields are declared by the first ``add``: every later batch must carry the same keys and shapes."""
@@ -22,6 +56,7 @@ class ReplayBuffer:
     def add(self, batch: dict[str, torch.Tensor]) -> None:
         n = next(iter(batch.values())).shape[0]
         if not self.storage:
+            check_fits_in_memory(self.capacity, batch, self.device)
             self.storage = {k: torch.zeros((self.capacity, *v.shape[1:]), dtype=v.dtype, device=self.device)
                             for k, v in batch.items()}
         if set(batch) != set(self.storage):

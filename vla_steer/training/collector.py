@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from vla_steer.adapters.base import Context, LatentLayout
+from vla_steer.algorithms.stored_observations import images_stored_as_bytes, observation_fields
 from vla_steer.config import Recipe
 from vla_steer.envs.registry import ActionChunk, SuccessInfo, make_env, task_description
 
@@ -40,54 +41,6 @@ def check_finite(name: str, value, step: int) -> None:
             "replay buffer is not poisoned. Check the simulator (unstable physics, bad action scaling) or wrap "
             "the env to sanitise its output."
         )
-
-
-#: transition fields of a stored observation (bases whose context cannot be stored, for the action critic's re-encode):
-#: ``obs/<key>`` at s, ``next_obs/<key>`` at s'; ``obs_u8/<key>`` holds an image stored as bytes (see
-#: :func:`observation_fields`)
-OBSERVATION_FIELD, IMAGE_BYTES_FIELD = "obs/", "obs_u8/"
-
-
-def observation_fields(observation: dict, prefix: str, as_bytes: set[str]) -> dict[str, torch.Tensor]:
-    """The tensors of a processed observation batch (what ``adapter.encode`` reads) as transition fields.
-
-    Images in ``as_bytes`` are stored as uint8, 4x smaller than float32 and exact: LeRobot's processed frames are
-    uint8 pixels / 255 (:func:`images_stored_as_bytes` picks them). Non-tensor entries (the task text) are dropped: the
-    language tokens carry it."""
-    fields = {}
-    for key, value in observation.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        if key in as_bytes:
-            pixels = value * 255
-            if not torch.equal(pixels.round(), pixels.float()):
-                raise ValueError(f"{key} is no longer a whole number of 1/255 steps, as in the first batch; the replay "
-                                 "buffer stores it as uint8. Does the env's image processing change between steps?")
-            fields[f"{prefix}{IMAGE_BYTES_FIELD}{key}"] = pixels.round().to(torch.uint8)
-        else:
-            fields[f"{prefix}{OBSERVATION_FIELD}{key}"] = value
-    return fields
-
-
-def images_stored_as_bytes(observation: dict) -> set[str]:
-    """The float image entries (``[B, C, H, W]``) of a processed batch whose values are whole multiples of 1/255."""
-    return {key for key, value in observation.items()
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.ndim == 4
-            and torch.equal((value * 255).round(), value * 255)}
-
-
-def stored_observations(batch: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The processed observation batch stored under ``prefix`` (``""``: s, ``"next_"``: s'), images back in [0, 1]."""
-    observation = {}
-    for field, value in batch.items():
-        if field.startswith(prefix + OBSERVATION_FIELD):
-            observation[field.removeprefix(prefix + OBSERVATION_FIELD)] = value
-        elif field.startswith(prefix + IMAGE_BYTES_FIELD):
-            observation[field.removeprefix(prefix + IMAGE_BYTES_FIELD)] = value.float() / 255
-    if not observation:
-        raise KeyError(f"the batch holds no stored observations under {prefix!r}: the collector stores them only when "
-                       "the algorithm re-encodes (an action critic on a base whose context cannot be stored)")
-    return observation
 
 
 def with_final_observations(next_obs, info: dict, done: np.ndarray):
