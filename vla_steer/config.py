@@ -51,6 +51,8 @@ class EnvConfig:
     image_size: int = bounded(64, ge=8, le=1024)  # square render size for pixels_state
     camera: str = "corner2"
     state: Literal["full", "agent_pos"] = "full"  # pixels_state: whole flat obs, or hand xyz + gripper only
+    # a task set (id "metaworld/reach-v3+push-v3+..."): env i runs task i mod n, unless only_task names one for all
+    only_task: Optional[int] = bounded(None, ge=0, le=1024)
 
     def observation_kwargs(self) -> dict:
         """The :func:`vla_steer.envs.registry.make_env` arguments that shape the observation."""
@@ -376,7 +378,7 @@ def validate_recipe(recipe: Recipe) -> None:
 
         from vla_steer.envs.robot_env import ENV_TYPE as ROBOT_ENV_TYPE
 
-        own = ("observation", "image_size", "camera", "state", "max_episode_steps")
+        own = ("observation", "image_size", "camera", "state", "max_episode_steps", "only_task")
         own += () if env.type == ROBOT_ENV_TYPE else ("kwargs",)  # gym_hil's gym.make arguments
         built_in_only = [name for name in own if getattr(env, name) != getattr(EnvConfig(), name)]
         if built_in_only:
@@ -397,6 +399,11 @@ def validate_recipe(recipe: Recipe) -> None:
             raise RecipeError(f"env.id: {exc}") from None
         if env.options:
             raise RecipeError("env.options holds a LeRobot env config's fields: set env.type, or remove them")
+        from vla_steer.envs.registry import task_ids
+
+        n_tasks = len(task_ids(env.id))
+        if env.only_task is not None and env.only_task >= n_tasks:
+            raise RecipeError(f"env.only_task={env.only_task}, but env.id {env.id!r} has {n_tasks} task(s) (0-based)")
     built_in_base = base.path is None
     checks = [
         (base.n_action_steps <= base.horizon, "base.n_action_steps must be <= base.horizon"),

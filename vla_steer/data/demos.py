@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from vla_steer.data.experts import make_expert
+from vla_steer.envs.registry import IMAGE_KEY, STATE_KEY, make_env, task_description, task_ids
 from vla_steer.provenance import package_versions
-from vla_steer.envs.registry import IMAGE_KEY, STATE_KEY, make_env, task_description
 
 COMPLETE_MARKER = "vla_steer_complete.json"
 
@@ -64,7 +64,10 @@ def generate_demonstrations(
     root = Path(cache_dir) / f"{env_id.replace('/', '_')}-{demo_cache_key(spec)}"
     if (root / COMPLETE_MARKER).is_file():
         return root
-    env = make_env(env_id, seed=seed, max_episode_steps=max_episode_steps, kwargs=env_kwargs, **observation_kwargs)
+    tasks = task_ids(env_id)  # a task set records its tasks in turn, each episode with its own task text
+    envs = [make_env(env_id, seed=seed, max_episode_steps=max_episode_steps, kwargs=env_kwargs, task_index=k,
+                     **observation_kwargs) for k in range(len(tasks))]
+    env = envs[0]
     state_space = env.observation_space[STATE_KEY] if pixels else env.observation_space
     features = {"observation.state": {"dtype": "float32", "shape": (state_space.shape[0],), "names": None}}
     if pixels:
@@ -76,10 +79,14 @@ def generate_demonstrations(
             return {STATE_KEY: obs.astype(np.float32)}
         return {STATE_KEY: obs[STATE_KEY], IMAGE_KEY: (obs[IMAGE_KEY].transpose(1, 2, 0) * 255).round().astype(np.uint8)}
 
-    # trained experts (PPO) are cached beside the demonstrations unless the caller names a directory
-    expert = make_expert(env_id, experts_dir or Path(cache_dir).expanduser().parent / "experts", show_progress)
-    return _record(root, spec, env, features, frame_of, lambda obs: expert(env.flat_observation if pixels else obs, env),
-                   task=task_description(env_id) if pixels else env_id, num_episodes=num_episodes,
+    def source(k: int):
+        # trained experts (PPO) are cached beside the demonstrations unless the caller names a directory
+        expert = make_expert(tasks[k], experts_dir or Path(cache_dir).expanduser().parent / "experts", show_progress)
+        task_env, one_hot = envs[k], len(tasks) if len(tasks) > 1 else 0  # the expert reads the task's own state
+        act = lambda obs: expert(task_env.flat_observation if pixels else obs[: len(obs) - one_hot], task_env)  # noqa: E731
+        return task_env, act, task_description(tasks[k]) if pixels else tasks[k]
+
+    return _record(root, spec, [source(k) for k in range(len(tasks))], features, frame_of, num_episodes=num_episodes,
                    action_noise=action_noise, seed=seed, only_successful=only_successful, fps=fps,
                    show_progress=show_progress, desc=f"demos {env_id}")
 
@@ -111,8 +118,8 @@ def generate_lerobot_env_demonstrations(
             features[key] = {"dtype": "float32", "shape": feature.shape, "names": None}
     to_key = {raw: env_config.features_map[raw] for raw in env_config.features if raw != "action"}
     expert = make_expert("metaworld/" + env_config.task)
-    return _record(root, spec, env, features, lambda obs: {to_key[k]: v for k, v in obs.items()},
-                   lambda obs: expert(env.flat_observation, env), task=env.task_description,
+    return _record(root, spec, [(env, lambda obs: expert(env.flat_observation, env), env.task_description)], features,
+                   lambda obs: {to_key[k]: v for k, v in obs.items()},
                    num_episodes=num_episodes, action_noise=action_noise, seed=seed, only_successful=only_successful,
                    fps=env_config.fps, show_progress=show_progress, desc=f"demos {env_config.type}/{env_config.task}")
 
@@ -140,34 +147,37 @@ def generate_gym_hil_demonstrations(
     features = {key: {"dtype": "float32", "shape": space.shape, "names": None}
                 for key, space in env.observation_space.spaces.items()}
     expert = gym_hil_pick_expert()
-    return _record(root, spec, env, features, lambda obs: dict(obs), expert, task=env.task, num_episodes=num_episodes,
+    return _record(root, spec, [(env, expert, env.task)], features, lambda obs: dict(obs), num_episodes=num_episodes,
                    action_noise=action_noise, seed=seed, only_successful=only_successful, fps=env_config.fps,
                    show_progress=show_progress, desc=f"demos gym_hil/{env_config.task}")
 
 
-def _record(root: Path, spec: dict, env, features: dict, frame_of, expert_action, *, task: str, num_episodes: int,
+def _record(root: Path, spec: dict, sources: list, features: dict, frame_of, *, num_episodes: int,
             action_noise: float, seed: int, only_successful: bool, fps: int, show_progress: bool, desc: str) -> Path:
-    """Roll ``expert_action`` with Gaussian action noise in ``env`` and write the episodes to ``root`` atomically
-    (a ``.partial`` directory renamed when complete); returns ``root``. ``frame_of(obs)`` gives a frame's
-    observation entries, keyed as in ``features``."""
+    """Roll each source's expert with Gaussian action noise in its env and write the episodes to ``root`` atomically
+    (a ``.partial`` directory renamed when complete); returns ``root``. ``sources``: ``(env, expert_action(obs),
+    task text)``, used in turn, one episode each (a task set's tasks); ``frame_of(obs)`` gives a frame's observation
+    entries, keyed as in ``features``."""
     import datasets
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     datasets.disable_progress_bars()  # one bar per episode from LeRobot's stats otherwise
+    envs = [env for env, _, _ in sources]
     if (root / COMPLETE_MARKER).is_file():
-        env.close()
+        for env in envs:
+            env.close()
         return root
     tmp_root = root.with_name(root.name + ".partial")
     shutil.rmtree(tmp_root, ignore_errors=True)
     tmp_root.parent.mkdir(parents=True, exist_ok=True)
-    act_dim = env.action_space.shape[0]
+    act_dim = envs[0].action_space.shape[0]
     features = {**features,
                 "action": {"dtype": "float32", "shape": (act_dim,), "names": None},
                 "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
                 "next.success": {"dtype": "bool", "shape": (1,), "names": None},
                 "next.done": {"dtype": "bool", "shape": (1,), "names": None}}
     rng = np.random.default_rng(seed)
-    low, high = env.action_space.low, env.action_space.high
+    low, high = envs[0].action_space.low, envs[0].action_space.high
     kept, attempts, successes = 0, 0, 0
     progress = tqdm(total=num_episodes, desc=desc, disable=not show_progress)
     try:
@@ -177,6 +187,7 @@ def _record(root: Path, spec: dict, env, features: dict, frame_of, expert_action
             if attempts >= 20 * num_episodes:
                 raise RuntimeError(f"the expert succeeded in only {successes}/{attempts} episodes; "
                                    "lower demos.action_noise or set demos.only_successful: false")
+            env, expert_action, task = sources[kept % len(sources)]  # a task set: its tasks in turn
             obs, _ = env.reset(seed=seed + attempts)
             attempts += 1
             frames, success, done = [], False, False
@@ -203,7 +214,8 @@ def _record(root: Path, spec: dict, env, features: dict, frame_of, expert_action
         raise
     finally:
         progress.close()
-        env.close()
+        for env in envs:
+            env.close()
     (tmp_root / COMPLETE_MARKER).write_text(json.dumps(
         {**spec, "versions": package_versions(SIMULATOR_PACKAGES), "expert_success_rate": successes / attempts, "episodes": kept}, indent=2))
     shutil.rmtree(root, ignore_errors=True)

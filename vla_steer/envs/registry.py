@@ -11,6 +11,12 @@ Observations are a flat float vector (``observation="state"``) or, for Meta-Worl
 ``[3, H, W]`` in [0, 1], LeRobot's layout after its own preprocessing) and ``observation.state`` (the flat
 vector, or with ``state="agent_pos"`` only the hand position and gripper, as LeRobot's Meta-World env).
 
+* a task set ``a+b+c`` of built-in ids sharing observation and action spaces (e.g.
+  ``metaworld/reach-v3+push-v3+drawer-close-v3``; a bare task after the first ``+`` keeps its family's prefix):
+  env ``task_index`` runs task ``task_index mod n`` (a vector env spreads its envs over the tasks), and a state
+  observation ends with the one-hot of the task, so a built-in base and its head can tell the tasks apart (a VLA
+  reads the task text instead: :func:`task_description` gives each task's).
+
 Every env reports ``info["is_success"]`` (False where the task has no notion of success).
 """
 
@@ -36,8 +42,19 @@ def metaworld_task_descriptions() -> dict[str, str]:
     return json.loads((importlib.resources.files("lerobot.envs") / "metaworld_config.json").read_text())["TASK_DESCRIPTIONS"]
 
 
-def task_description(env_id: str) -> str:
-    """The language instruction for ``env_id``: Meta-World's task text as LeRobot ships it, else the id itself."""
+def task_ids(env_id: str) -> list[str]:
+    """The tasks of a task set ``a+b+c`` as full ids (``metaworld/reach-v3+push-v3`` -> both with the prefix), or
+    ``[env_id]`` for a single env."""
+    first, *rest = env_id.split("+")
+    prefix = first[: first.index("/") + 1] if "/" in first else ""
+    return [first] + [task if "/" in task else prefix + task for task in rest]
+
+
+def task_description(env_id: str, task_index: int = 0) -> str:
+    """The language instruction for ``env_id`` (for a task set: of its task ``task_index mod n``): Meta-World's task
+    text as LeRobot ships it, else the id itself."""
+    tasks = task_ids(env_id)
+    env_id = tasks[task_index % len(tasks)]
     if env_id.startswith(METAWORLD_PREFIX):
         return metaworld_task_descriptions().get(env_id[len(METAWORLD_PREFIX):], env_id)
     return env_id
@@ -66,6 +83,13 @@ def _register_optional_families(env_id: str = "") -> None:
 
 def validate_env_id(env_id: str) -> None:
     """Raise ``ValueError`` naming close matches if ``env_id`` is not something :func:`make_env` can build."""
+    tasks = task_ids(env_id)
+    if len(tasks) > 1:
+        if len(set(tasks)) < len(tasks):
+            raise ValueError(f"task set {env_id!r} names a task twice")
+        for task in tasks:
+            validate_env_id(task)
+        return
     if env_id.startswith(METAWORLD_PREFIX):
         task = env_id[len(METAWORLD_PREFIX):]
         tasks = _metaworld_tasks()
@@ -133,6 +157,20 @@ class FlattenFloatObservation(gym.ObservationWrapper):
         if self._is_dict:
             observation = gym.spaces.flatten(self.env.observation_space, observation)
         return np.asarray(observation, dtype=np.float32)
+
+
+class TaskOneHot(gym.ObservationWrapper):
+    """Appends the one-hot of the task (``index`` of ``n``) to a flat observation: a task set's state."""
+
+    def __init__(self, env, index: int, n: int):
+        super().__init__(env)
+        self.one_hot = np.eye(n, dtype=np.float32)[index]
+        low, high = env.observation_space.low, env.observation_space.high
+        self.observation_space = gym.spaces.Box(np.concatenate([low, np.zeros(n, np.float32)]),
+                                                np.concatenate([high, np.ones(n, np.float32)]), dtype=np.float32)
+
+    def observation(self, observation):
+        return np.concatenate([observation, self.one_hot])
 
 
 class ActionChunk(gym.Wrapper):
@@ -278,10 +316,23 @@ def make_env(
     image_size: int = 64,
     camera: str = "corner2",
     state: str = "full",
+    task_index: int = 0,
 ) -> gym.Env:
     """Build one environment with ``info["is_success"]`` and flat float observations, or for
-    ``observation="pixels_state"`` (Meta-World only) a rendered image plus the state (:class:`PixelsAndState`)."""
+    ``observation="pixels_state"`` (Meta-World only) a rendered image plus the state (:class:`PixelsAndState`).
+    For a task set, task ``task_index mod n``; its state observation ends with the task's one-hot."""
     validate_env_id(env_id)
+    tasks = task_ids(env_id)
+    if len(tasks) > 1:
+        index = task_index % len(tasks)
+        env = make_env(tasks[index], seed=seed, max_episode_steps=max_episode_steps, reward_mode=reward_mode,
+                       terminate_on_success=terminate_on_success, reward_scale=reward_scale, kwargs=kwargs,
+                       observation=observation, image_size=image_size, camera=camera, state=state)
+        if observation == "state":
+            env = TaskOneHot(env, index, len(tasks))
+        if chunk_steps is not None:
+            env = ActionChunk(env, chunk_steps)
+        return env
     kwargs = {"disable_env_checker": True, **(kwargs or {})}
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = max_episode_steps

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from vla_steer.config import RecipeError
@@ -29,7 +31,7 @@ class BufferTooLargeError(RecipeError):
 def check_fits_in_memory(capacity: int, batch: dict[str, torch.Tensor], device: torch.device) -> None:
     """Refuse, before allocating, a buffer of ``capacity`` rows like ``batch``'s that would not fit in memory: with
     stored observations (a VLA base's action critic) one row can be tens of kilobytes."""
-    row_bytes = sum(v[0].numel() * v.element_size() for v in batch.values())
+    row_bytes = sum(math.prod(v.shape[1:]) * v.element_size() for v in batch.values())
     free = available_memory(device)
     if free is not None and capacity * row_bytes > 0.8 * free:
         fitting = int(0.5 * free // row_bytes)

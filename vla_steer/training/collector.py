@@ -117,13 +117,18 @@ def make_vector_env(recipe: Recipe, num_envs: int, seed: int, n_action_steps: in
             else:
                 env = make_env(e.id, seed=seed + i, max_episode_steps=e.max_episode_steps, reward_mode=e.reward_mode,
                                terminate_on_success=e.terminate_on_success, reward_scale=e.reward_scale,
-                               kwargs=e.kwargs, **e.observation_kwargs())
+                               kwargs=e.kwargs, task_index=env_task_index(recipe, i), **e.observation_kwargs())
             env.action_space.seed(seed + i)
             return ActionChunk(env, n_action_steps, n_obs_steps, keep_frames)
         return make
 
     cls = gym.vector.AsyncVectorEnv if e.vectorization == "async" else gym.vector.SyncVectorEnv
     return cls([factory(i) for i in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def env_task_index(recipe: Recipe, i: int) -> int:
+    """Which task of a task set (``env.id: a+b+c``) env ``i`` runs: ``env.only_task`` if set, else ``i mod n``."""
+    return recipe.env.only_task if recipe.env.only_task is not None else i
 
 
 def make_guard(recipe: Recipe, action_dim: int):
@@ -197,7 +202,7 @@ class Collector:
             from vla_steer.envs.lerobot_envs import task_texts
 
             return task_texts(envs)
-        return [task_description(self.recipe.env.id)] * envs.num_envs
+        return [task_description(self.recipe.env.id, env_task_index(self.recipe, i)) for i in range(envs.num_envs)]
 
     def encode(self, obs, envs: gym.vector.VectorEnv | None = None) -> Context:
         observation = self.base.observations(obs, self.tasks(envs))

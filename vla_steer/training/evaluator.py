@@ -15,7 +15,8 @@ from vla_steer.adapters.base import LatentLayout
 from vla_steer.config import Recipe
 from vla_steer.metrics import energy_distance, kozachenko_leonenko_entropy, summarize_episodes
 from vla_steer.steering.best_of_k import best_of_k
-from vla_steer.training.collector import Collector, EpisodeTracker, step_info
+from vla_steer.envs.registry import task_ids
+from vla_steer.training.collector import Collector, EpisodeTracker, env_task_index, step_info
 
 EVAL_SEED = 1_000_000
 
@@ -69,7 +70,7 @@ class Evaluator:
         eval_recipe = _with_num_envs(self.recipe, n_envs)
         collector = Collector(eval_recipe, self.base, self.layout, seed=self.seed, with_teleop=False)  # the head alone
         obs, _ = collector.envs.reset(seed=[self.seed + i for i in range(n_envs)])  # same start states every time
-        tracker, finished = EpisodeTracker(n_envs), np.zeros(n_envs, int)
+        tracker, finished, episode_envs = EpisodeTracker(n_envs), np.zeros(n_envs, int), []
         entropy_contexts, latent_norms, delta_norms = [], [], []
         while (finished < quota).any():
             context = collector.encode(obs)
@@ -84,9 +85,15 @@ class Evaluator:
             ended = tracker.update(reward, done, step_info(info, done, "chunk_steps").astype(int),
                                    step_info(info, done, "is_success") > 0, active=finished < quota)
             finished[ended] += 1
+            episode_envs += ended.tolist()  # the tracker appends episodes in this order
         collector.close()
         e = tracker.episodes
         metrics = summarize_episodes(e["return"], e["success"], e["length"])
+        if len(tasks := self._tasks()) > 1 and self.recipe.env.only_task is None:
+            task_of = np.array([env_task_index(self.recipe, i) % len(tasks) for i in episode_envs])
+            metrics["per_task"] = {tasks[k]: summarize_episodes(*(np.asarray(e[key])[task_of == k] for key in
+                                                                  ("return", "success", "length")))
+                                   for k in range(len(tasks)) if (task_of == k).any()}
         metrics["action_entropy"], drift = self._action_entropy(entropy_contexts, mode, algo, collector)
         if drift is not None:
             metrics["action_drift"] = drift
@@ -94,6 +101,10 @@ class Evaluator:
         if delta_norms:
             metrics["delta_norm"] = float(torch.cat(delta_norms).mean())
         return metrics
+
+    def _tasks(self) -> list[str]:
+        """The tasks of a built-in task set (``env.id: a+b+c``), one entry for a single env or a LeRobot env."""
+        return task_ids(self.recipe.env.id) if self.recipe.env.type is None else [self.recipe.env.type]
 
     def _action_entropy(self, contexts, mode: str, algo, collector: Collector) -> tuple[float, float | None]:
         """``(entropy, drift)`` of the executed env actions over K draws per state: the mean k-NN entropy, and (not
