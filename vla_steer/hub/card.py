@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vla_steer.adapters.base import LatentLayout
 from vla_steer.hub.fingerprint import base_tag
+from vla_steer.hub.schema import validate_head_config
 from vla_steer.hub.format import (FORMAT_VERSION, HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, LEARNING_CURVE_NAME,
                                   MODEL_CARD_NAME, POLICY_CONFIG_NAME, PROCESSOR_CONFIG_NAMES, is_hub_repo_id)
 
@@ -83,7 +85,8 @@ def render_model_card(config: dict, files: list[str], *, repo_id: str | None = N
         fingerprint_weights=fingerprint["weights"][:16], fingerprint_config=fingerprint["config"][:16],
         fingerprint_tensors=fingerprint["num_tensors"], fingerprint_parameters=f"{fingerprint['num_parameters']:,}",
         noise_shape=config["noise_shape"], latent_shape=config["latent_shape"],
-        latent_layout=config["head"]["latent_layout"], adapter=config["adapter"], feature_dim=config["feature_dim"],
+        latent_layout=LatentLayout.from_head(validate_head_config(config)["head"], config["noise_shape"]).describe(),
+        adapter=config["adapter"], feature_dim=config["feature_dim"],
         pooling=config["features"]["pooling"] or "n/a", adapter_kwargs=config["features"]["adapter_kwargs"],
         training_rows=training_rows, metric_rows=metric_rows, learning_curve=LEARNING_CURVE_NAME in files,
         hyperparameter_rows=[(k, _fmt(v)) for k, v in sorted(hyper.items())], files=file_rows,
