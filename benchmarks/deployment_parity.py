@@ -27,7 +27,7 @@ from vla_steer.training.collector import Collector
 
 def trainer_returns(recipe, run: Path, seed: int, n: int) -> list[float]:
     base = build_base(recipe)
-    layout = LatentLayout(recipe.head.latent_layout, base.adapter.noise_shape)
+    layout = LatentLayout.from_head(recipe.head, base.adapter.noise_shape)
     algo = build_algorithm(recipe.algorithm, recipe.head, base.adapter, layout, Accelerator(cpu=True))
     algo.load_state_dict(load_tree(run / "checkpoints" / "last", "algorithm"))
     collector = Collector(recipe, base, layout, seed=seed)

@@ -85,7 +85,7 @@ def vla_steer_learner(recipe, algorithm: str, device: torch.device, buffer_rows:
                                                   b.hidden_dim, num_inference_steps=b.num_inference_steps))
     accelerator = Accelerator(cpu=device.type == "cpu")
     adapter = NativePolicyAdapter(policy.to(accelerator.device))
-    layout = LatentLayout(recipe.head.latent_layout, adapter.noise_shape)
+    layout = LatentLayout.from_head(recipe.head, adapter.noise_shape)
     algo = build_algorithm(config_for_method(recipe.algorithm, algorithm), recipe.head, adapter, layout, accelerator)
     g = torch.Generator().manual_seed(0)
     rows, chunk = buffer_rows, adapter.n_action_steps * ACTION_DIM

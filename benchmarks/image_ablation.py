@@ -33,7 +33,7 @@ def main() -> None:
     if recipe.env.observation != "pixels_state":
         parser.error(f"{args.recipe} has no image observations (env.observation: {recipe.env.observation})")
     base = build_base(recipe, show_progress=False)
-    evaluator = Evaluator(recipe, base, LatentLayout(recipe.head.latent_layout, base.adapter.noise_shape),
+    evaluator = Evaluator(recipe, base, LatentLayout.from_head(recipe.head, base.adapter.noise_shape),
                           seed=recipe.train.eval_seed)
     results = {"recipe": recipe.name, "episodes": args.episodes}
     seeing = base.observations.preprocessor  # the base's own preprocessor, which the camera image goes through

@@ -56,7 +56,6 @@ def run(args, name: str, seed: int, overrides: list[str], env_steps: int) -> dic
     for label, mode in (("base", "base"), ("steered", "policy")):
         metrics = evaluator.evaluate(mode, trainer.algo)
         report[label] = metrics.get("per_task") or {tasks[recipe.env.only_task]: metrics}
-    trainer.collector.close()
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 

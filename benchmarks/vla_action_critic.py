@@ -63,7 +63,6 @@ def run_one(args, method: str, seed: int) -> dict:
         metrics = evaluator.evaluate(mode, trainer.algo)
         successes = round(metrics["success_rate"] * metrics["episodes"])
         report[label] = {**metrics, "successes": successes, "success_wilson95": wilson_interval(successes, int(metrics["episodes"]))}
-    trainer.collector.close()
     out.mkdir(parents=True, exist_ok=True)
     report_file.write_text(json.dumps(report, indent=2))
     return report

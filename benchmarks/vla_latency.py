@@ -315,7 +315,7 @@ def build_head(adapter, device: str):
     from vla_steer.config import HeadConfig
 
     head = HeadConfig()
-    layout = LatentLayout(head.latent_layout, adapter.noise_shape)
+    layout = LatentLayout.from_head(head, adapter.noise_shape)
     accelerator = Accelerator(cpu=torch.device(device).type == "cpu")
     algo = build_algorithm(LPDSConfig(critic="latent"), head, adapter, layout, accelerator)
     return algo, layout, head

@@ -210,7 +210,7 @@ def main() -> None:
             raise SystemExit("SB3's SAC has one learning rate and discounts per transition: set algorithm.actor_lr, "
                              "critic_lr and temperature_lr equal and discount_mode: chunk")
         base = build_base(recipe, Accelerator(cpu=True), show_progress=False)
-        layout = LatentLayout(recipe.head.latent_layout, base.adapter.noise_shape)
+        layout = LatentLayout.from_head(recipe.head, base.adapter.noise_shape)
         # SB3's target of 0 nats on the squashed action is latent_dim * log(bound) nats on vla_steer's latent
         recipe = dataclasses.replace(recipe, algorithm=dataclasses.replace(
             a, target_entropy=layout.latent_dim * math.log(recipe.head.bound)))

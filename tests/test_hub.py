@@ -26,6 +26,7 @@ from vla_steer.adapters.base import LatentLayout
 from vla_steer.cli import main as cli
 from vla_steer.config import HeadConfig
 from vla_steer.hub import BaseMismatchError, HeadFormatError, Limits, prepare_upload, validate_directory
+from vla_steer.hub.schema import head_fields
 from vla_steer.lerobot_policy import ActingHead, SteeredChunkPolicy, SteeredPolicy, load_steered
 
 torch.set_num_threads(1)
@@ -560,7 +561,9 @@ def test_write_head_refuses_what_read_head_would_refuse(tmp_path):
     directory = write_head(tmp_path / "d", {"delta": algo.delta_net.state_dict()}, without_critic)
     read_config, tensors = read_head(directory)
     assert json.loads((directory / "head_config.json").read_text()) == without_critic
-    assert read_config["algorithm"] == "lpds" and read_config["head"] == asdict(head)
+    assert read_config["algorithm"] == "lpds" and read_config["head"] == head_fields(head)
+    # fields added after format 1 are left out while unset, so releases that predate them still read the head
+    assert not set(read_config["head"]) & {"latent_rows", "steered_dims"}
     assert tensors.keys() == {f"delta.{k}" for k in algo.delta_net.state_dict()}
     assert all(torch.equal(tensors[f"delta.{k}"], v) for k, v in algo.delta_net.state_dict().items())
     write_head(directory, {"delta": algo.delta_net}, without_critic)  # replaces a previous head in place

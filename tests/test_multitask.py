@@ -38,6 +38,11 @@ def test_only_task_is_checked_against_the_task_set(tiny_recipe):
     assert recipe_from_dict(tiny_recipe(env={**env, "only_task": 1})).env.only_task == 1
     with pytest.raises(RecipeError, match=r"env.only_task=2, but env.id 'metaworld/reach-v3\+push-v3' has 2 task"):
         recipe_from_dict(tiny_recipe(env={**env, "only_task": 2}))
+    with pytest.raises(RecipeError, match=r"set of 2 tasks.*env.num_envs \(3\) and the evaluation envs .* multiples of 2"):
+        recipe_from_dict(tiny_recipe(env={**env, "num_envs": 3}))
+    with pytest.raises(RecipeError, match=r"min\(train.eval_num_envs, train.eval_episodes\) = 1\) must be multiples"):
+        recipe_from_dict(tiny_recipe(env=env, train={"eval_episodes": 1}))
+    recipe_from_dict(tiny_recipe(env={**env, "num_envs": 3, "only_task": 0}))  # one task for all: any count
 
 
 def test_demos_base_training_and_per_task_evaluation_on_a_task_set(tiny_recipe):

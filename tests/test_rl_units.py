@@ -140,7 +140,7 @@ def test_dsrl_na_distils_the_action_critic_through_the_decoder():
     before, variance = gap()
     for _ in range(400):
         z = algo.prior_latent(128)
-        algo.distill(batch, [(z, algo.decode_stored(batch, z)[0])])
+        algo.distill(batch, [(z, algo.decode_stored(batch, [z])[0][0])])
     after, _ = gap()
     assert after < 0.1 * before and after < 0.2 * variance, (before, after, variance)
 

@@ -79,9 +79,8 @@ def cmd_eval(args) -> None:
     buffer, no learner, no training envs)."""
     from accelerate import Accelerator
 
-    from vla_steer.adapters.base import LatentLayout
     from vla_steer.algorithms import build_algorithm
-    from vla_steer.pipeline import build_base
+    from vla_steer.pipeline import build_base, recipe_layout
     from vla_steer.training.checkpoint import load_tree
     from vla_steer.training.evaluator import Evaluator
 
@@ -101,7 +100,7 @@ def cmd_eval(args) -> None:
         raise FileNotFoundError(f"no checkpoint in {checkpoint}")
     accelerator = Accelerator(cpu=True) if not _cuda() else Accelerator()
     base = build_base(recipe, accelerator, show_progress=False)
-    layout = LatentLayout.from_head(recipe.head, base.adapter.noise_shape)
+    layout = recipe_layout(recipe, base.adapter)
     algo = build_algorithm(recipe.algorithm, recipe.head, base.adapter, layout, accelerator)
     algo.load_state_dict(load_tree(checkpoint, "algorithm"))
     evaluator = Evaluator(recipe, base, layout, seed=recipe.train.eval_seed)
@@ -116,8 +115,7 @@ def cmd_check_layout(args) -> int:
     recipe's own layout does not keep the base."""
     from accelerate import Accelerator
 
-    from vla_steer.adapters.base import LatentLayout
-    from vla_steer.pipeline import build_base
+    from vla_steer.pipeline import build_base, recipe_layout
     from vla_steer.training.layout_check import DEFAULT_ROWS, candidate_layouts, check_layouts, format_report
 
     overrides = list(args.overrides) + ([f"train.eval_episodes={args.episodes}"] if args.episodes else [])
@@ -125,8 +123,13 @@ def cmd_check_layout(args) -> int:
     accelerator = Accelerator(cpu=True) if not _cuda() else Accelerator()
     base = build_base(recipe, accelerator, show_progress=True)
     adapter = base.adapter
-    layouts = candidate_layouts(adapter.noise_shape, adapter.action_dim, args.rows or DEFAULT_ROWS)
-    own = LatentLayout.from_head(recipe.head, adapter.noise_shape)
+    rows = args.rows or DEFAULT_ROWS
+    skipped = [k for k in rows if not 1 < k < adapter.noise_shape[0]]
+    if skipped:
+        print(f"note: --rows {skipped} left out: interpolated rows must lie strictly between 1 (tiled) and the chunk "
+              f"length {adapter.noise_shape[0]} (full), which are checked anyway")
+    layouts = candidate_layouts(adapter.noise_shape, adapter.action_dim, rows)
+    own = recipe_layout(recipe, adapter)
     if own.describe() not in [layout.describe() for layout in layouts]:
         layouts.append(own)
     report = check_layouts(recipe, base, layouts, show_progress=recipe.train.show_progress)

@@ -404,6 +404,13 @@ def validate_recipe(recipe: Recipe) -> None:
         n_tasks = len(task_ids(env.id))
         if env.only_task is not None and env.only_task >= n_tasks:
             raise RecipeError(f"env.only_task={env.only_task}, but env.id {env.id!r} has {n_tasks} task(s) (0-based)")
+        t = recipe.train
+        eval_envs = min(t.eval_num_envs, t.eval_episodes)
+        if n_tasks > 1 and env.only_task is None and (env.num_envs % n_tasks or eval_envs % n_tasks):
+            raise RecipeError(f"env.id {env.id!r} is a set of {n_tasks} tasks, spread over the envs (env i runs task i mod "
+                              f"{n_tasks}): env.num_envs ({env.num_envs}) and the evaluation envs (min(train.eval_num_envs, "
+                              f"train.eval_episodes) = {eval_envs}) must be multiples of {n_tasks}, so every task gets "
+                              "the same share (on every process)")
     built_in_base = base.path is None
     checks = [
         (base.n_action_steps <= base.horizon, "base.n_action_steps must be <= base.horizon"),

@@ -14,7 +14,8 @@ import gymnasium as gym
 from accelerate import Accelerator
 
 from vla_steer.adapters import NativePolicyAdapter, SteerableAdapter
-from vla_steer.config import Recipe
+from vla_steer.adapters.base import LatentLayout
+from vla_steer.config import Recipe, RecipeError
 from vla_steer.data.demos import generate_demonstrations
 from vla_steer.envs.registry import STATE_KEY, make_env
 from vla_steer.policies import ChunkPolicyConfig, load_chunk_policy
@@ -26,6 +27,15 @@ from vla_steer.envs.processing import ActionPipeline, ObservationPipeline
 
 def cache_dir(recipe: Recipe) -> Path:
     return Path(recipe.train.cache_dir).expanduser()
+
+
+def recipe_layout(recipe: Recipe, adapter: SteerableAdapter) -> LatentLayout:
+    """The latent layout the recipe's head section names, for this base's noise; a layout that does not fit the base
+    (more control rows than the chunk, more steered dims than the noise has) is a recipe error."""
+    try:
+        return LatentLayout.from_head(recipe.head, adapter.noise_shape)
+    except ValueError as exc:
+        raise RecipeError(f"{exc} (this base's noise is {list(adapter.noise_shape)}: chunk x action dims)") from None
 
 
 def ensure_demos(recipe: Recipe, show_progress: bool = True) -> Path:

@@ -32,8 +32,8 @@ images in [0, 1], language tokens) and returns *normalised* actions: exactly wha
 after ``decode``.
 
 The steering head never sees the full noise tensor directly; it outputs a *latent* that a
-:class:`LatentLayout` expands to ``noise_shape`` (the full chunk, or one row tiled over the chunk as in
-DSRL's pi0 code).
+:class:`LatentLayout` expands to ``noise_shape`` (the full chunk, one row tiled over the chunk as in DSRL's pi0
+code, or K control rows interpolated over it; optionally only the real action dimensions of a padded VLA).
 """
 
 from __future__ import annotations
@@ -214,7 +214,8 @@ class LatentLayout:
     Across action dimensions (``steered_dims``): ``None`` steers every noise dimension; ``d`` steers only the first
     ``d`` (the robot's real action dimensions of a padded VLA such as pi0, which pads to 32), and the padded ones
     keep a fresh prior draw at every call, as the base would draw them. So under the prior latent the noise is
-    ``N(0, M M^T)`` along time in the steered dimensions and i.i.d. N(0, 1) elsewhere.
+    ``N(0, M M^T)`` along time in the steered dimensions and i.i.d. N(0, 1) elsewhere. With such a mask the noise,
+    and so the action, is random even for a fixed latent (``deterministic`` acting fixes the steered part only).
     """
 
     def __init__(self, name: LatentLayoutName, noise_shape: tuple[int, int], rows: int | None = None,
@@ -237,6 +238,7 @@ class LatentLayout:
         self.steered_dims = width if steered_dims is None else int(steered_dims)
         self.latent_shape = (self.rows, self.steered_dims)
         self.time_matrix = torch.eye(chunk) if name == "full" else interpolation_matrix(chunk, self.rows)
+        self._time_matrices: dict = {}  # per (device, dtype): no host-to-device copy per call (CUDA graphs forbid it)
 
     @classmethod
     def from_head(cls, head, noise_shape: tuple[int, int]) -> "LatentLayout":
@@ -268,12 +270,18 @@ class LatentLayout:
         elif self.name == "tiled":
             steered = latent.expand(-1, self.noise_shape[0], -1)
         else:
-            steered = torch.einsum("tk,bkd->btd", self.time_matrix.to(latent.device, latent.dtype), latent)
+            steered = torch.einsum("tk,bkd->btd", self._time_matrix(latent), latent)
         if not self.masked:
             return steered.contiguous()
         padded = torch.randn(latent.shape[0], self.noise_shape[0], self.noise_shape[1] - self.steered_dims,
                              device=latent.device, dtype=latent.dtype)
         return torch.cat([steered, padded], dim=-1)
+
+    def _time_matrix(self, like: torch.Tensor) -> torch.Tensor:
+        key = (like.device, like.dtype)
+        if key not in self._time_matrices:
+            self._time_matrices[key] = self.time_matrix.to(like.device, like.dtype)
+        return self._time_matrices[key]
 
     def __repr__(self) -> str:
         return f"LatentLayout({self.describe()!r}, noise={self.noise_shape}, latent={self.latent_shape})"

@@ -130,24 +130,37 @@ class SteeringAlgorithm(nn.Module):
         actions = self.adapter.decode(context, self.layout.to_noise(latent))
         return actions.flatten(1)
 
+    @property
+    def reencodes_observations(self) -> bool:
+        """Whether updates decode at replayed states of a base whose context cannot be stored (a VLA's KV cache): the
+        collector then stores the processed observations and :meth:`decode_stored` encodes them again."""
+        return self.needs_stored_decode_state and not self.adapter.storable_decode_state
+
     @torch.no_grad()
-    def decode_stored(self, batch, latent=None, next_latent=None):
-        """Executed rows (flattened ``[B, k * A]``) decoded from ``latent`` at the batch's states s and from
-        ``next_latent`` at s'; ``None`` for a latent not given.
+    def decode_stored(self, batch, latents: list, next_latent=None):
+        """Executed rows (flattened ``[B, k * A]``) decoded from each of ``latents`` at the batch's states s, and from
+        ``next_latent`` at s' (``None``: not decoded): ``([rows per latent], rows at s' or None)``.
 
         Storable contexts come from the buffer. Otherwise (a VLA's KV cache) the observations the collector stored
-        (``vla_steer.algorithms.stored_observations``) are re-encoded: s and s' in one batched prefix pass, and
-        one decode for both."""
-        if self.adapter.storable_decode_state:
-            return tuple(None if z is None else self.decode_executed(batch[f"{prefix}features"], batch[f"{prefix}decode_state"], z)
-                         for prefix, z in (("", latent), ("next_", next_latent)))
-        wanted = [(prefix, z) for prefix, z in (("", latent), ("next_", next_latent)) if z is not None]
-        parts = [stored_observations(batch, prefix) for prefix, _ in wanted]
-        observation = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-        context = self.adapter.encode(observation)
-        actions = self.adapter.decode(context, self.layout.to_noise(torch.cat([z for _, z in wanted]))).flatten(1)
-        decoded = dict(zip([prefix for prefix, _ in wanted], actions.split(batch["features"].shape[0])))
-        return decoded.get(""), decoded.get("next_")
+        (``vla_steer.algorithms.stored_observations``) are encoded once, s and s' in one batched prefix pass, and
+        every decode reuses that context."""
+        if not self.reencodes_observations:
+            at_s = [self.decode_executed(batch["features"], batch["decode_state"], z) for z in latents]
+            at_next = None if next_latent is None else self.decode_executed(
+                batch["next_features"], batch["next_decode_state"], next_latent)
+            return at_s, at_next
+        prefixes = ([""] if latents else []) + (["next_"] if next_latent is not None else [])
+        parts = [stored_observations(batch, prefix) for prefix in prefixes]
+        context = self.adapter.encode({key: torch.cat([part[key] for part in parts]) for key in parts[0]})
+        at_s, at_next, rows = [], None, batch["features"].shape[0]
+        for z in latents or [None]:  # a decode covers the whole context (s' again after the first: cheap beside an encode)
+            noise = [latent for latent in (z, next_latent) if latent is not None]
+            actions = self.adapter.decode(context, self.layout.to_noise(torch.cat(noise))).flatten(1)
+            if z is not None:
+                at_s.append(actions[:rows])
+            if next_latent is not None and at_next is None:
+                at_next = actions[-rows:]
+        return at_s, at_next
 
     def td_target(self, batch, next_q: torch.Tensor) -> torch.Tensor:
         """r + discount * (1 - terminated) * next_q. Time-limit truncation is *not* terminal: it bootstraps."""

@@ -32,11 +32,10 @@ class DualCriticMixin:
 
     def critic_decodes(self, batch, next_latent):
         """The decodes one update needs, drawn up front: ``(executed rows of next_latent at s', [(z, executed rows of
-        z at s)] for distill_steps prior draws z)``. Contexts come from the buffer, or from one batched re-encode of the
+        z at s)] for distill_steps prior draws z)``. Contexts come from the buffer, or from one batched encode of the
         stored observations (``decode_stored``)."""
         draws = [self.prior_latent(batch["features"].shape[0]) for _ in range(self.cfg.distill_steps)]
-        at_s, next_action = self.decode_stored(batch, draws[0], next_latent)
-        prior_actions = [at_s] + [self.decode_stored(batch, z, None)[0] for z in draws[1:]]
+        prior_actions, next_action = self.decode_stored(batch, draws, next_latent)
         return next_action, list(zip(draws, prior_actions))
 
     def action_critic_step(self, batch, next_action, next_bonus=None):
@@ -46,7 +45,7 @@ class DualCriticMixin:
     def action_critic_loss(self, batch) -> torch.Tensor:
         """Q^A's TD loss on ``batch`` with the current head's next latents, without updating anything (held-out data)."""
         with torch.no_grad():
-            next_action = self.decode_stored(batch, None, self.act(batch["next_features"]))[1]
+            next_action = self.decode_stored(batch, [], self.act(batch["next_features"]))[1]
             return self.td_loss(self.action_critic, self.action_critic_target, batch, batch["action"], next_action)[0]
 
     def critic_update(self, batch) -> dict[str, float]:

@@ -26,21 +26,31 @@ def observation_fields(observation: dict, prefix: str, as_bytes: set[str]) -> di
         if not isinstance(value, torch.Tensor):
             continue
         if key in as_bytes:
-            pixels = value * 255
-            if not torch.equal(pixels.round(), pixels.float()):
-                raise ValueError(f"{key} is no longer a whole number of 1/255 steps, as in the first batch; the replay "
-                                 "buffer stores it as uint8. Does the env's image processing change between steps?")
-            fields[f"{prefix}{IMAGE_BYTES_FIELD}{key}"] = pixels.round().to(torch.uint8)
+            if not _whole_pixels(value):
+                raise ValueError(f"{key} is no longer whole 1/255 steps, as in the first batch; the replay buffer "
+                                 "stores it as uint8. Does the env's image processing change between steps?")
+            fields[f"{prefix}{IMAGE_BYTES_FIELD}{key}"] = (value * 255).round().to(torch.uint8)
         else:
             fields[f"{prefix}{OBSERVATION_FIELD}{key}"] = value
     return fields
 
 
+def _whole_pixels(value: torch.Tensor) -> bool:
+    """Values in [0, 1] that are whole multiples of 1/255, up to float rounding (a GPU divides by multiplying by
+    1/255, which is off by an ulp); the uint8 copy then restores them to within that ulp."""
+    pixels = value * 255
+    return bool((pixels - pixels.round()).abs().max() <= 1e-3) and bool(value.min() >= 0) and bool(value.max() <= 1)
+
+
 def images_stored_as_bytes(observation: dict) -> set[str]:
     """The float image entries (``[B, C, H, W]``) of a processed batch whose values are whole multiples of 1/255."""
     return {key for key, value in observation.items()
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.ndim == 4
-            and torch.equal((value * 255).round(), value * 255)}
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.ndim == 4 and _whole_pixels(value)}
+
+
+def image_keys_stored_as_bytes(fields) -> set[str]:
+    """The observation keys a buffer's fields keep as uint8 (what a resumed collector must store alike)."""
+    return {field.removeprefix(IMAGE_BYTES_FIELD) for field in fields if field.startswith(IMAGE_BYTES_FIELD)}
 
 
 def stored_observations(batch: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

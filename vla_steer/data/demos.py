@@ -86,7 +86,13 @@ def generate_demonstrations(
         act = lambda obs: expert(task_env.flat_observation if pixels else obs[: len(obs) - one_hot], task_env)  # noqa: E731
         return task_env, act, task_description(tasks[k]) if pixels else tasks[k]
 
-    return _record(root, spec, [source(k) for k in range(len(tasks))], features, frame_of, num_episodes=num_episodes,
+    try:
+        sources = [source(k) for k in range(len(tasks))]
+    except BaseException:
+        for env in envs:
+            env.close()
+        raise
+    return _record(root, spec, sources, features, frame_of, num_episodes=num_episodes,
                    action_noise=action_noise, seed=seed, only_successful=only_successful, fps=fps,
                    show_progress=show_progress, desc=f"demos {env_id}")
 

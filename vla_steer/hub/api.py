@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vla_steer.adapters.base import LatentLayout
 from vla_steer.hub.card import _fmt, render_model_card
 from vla_steer.hub.fingerprint import base_fingerprint
 from vla_steer.hub.format import (DEFAULT_LIMITS, HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, LEARNING_CURVE_NAME,
@@ -28,7 +29,7 @@ from vla_steer.hub.format import (DEFAULT_LIMITS, HEAD_CONFIG_NAME, HEAD_WEIGHTS
                                   PROCESSOR_PATTERNS, HeadFormatError, Limits, check_policy_config,
                                   check_processor_config, is_format_file, is_hub_repo_id, read_json, to_json_safe)
 from vla_steer.hub.head_files import PNG_MAGIC, read_head
-from vla_steer.hub.schema import HEAD_TYPES
+from vla_steer.hub.schema import HEAD_TYPES, validate_head_config
 
 BASE_PATTERNS = ["config.json", "model.safetensors", *PROCESSOR_PATTERNS]  # a base policy as LeRobot / vla_steer save it
 HUB_KWARGS = ("cache_dir", "token", "local_files_only", "force_download", "proxies")
@@ -322,8 +323,9 @@ def describe(config: dict) -> list[str]:
         lines.append(f"fingerprint: {fingerprint['method']} weights {fingerprint['weights'][:16]} config "
                      f"{fingerprint['config'][:16]} ({fingerprint['num_tensors']} tensors, "
                      f"{fingerprint['num_parameters']:,} parameters)")
+    layout = LatentLayout.from_head(validate_head_config(config)["head"], config["noise_shape"])
     lines.append(f"shapes:      noise {config['noise_shape']}, latent {config['latent_shape']} "
-                 f"({head['latent_layout']}), features {config['feature_dim']} from adapter {config.get('adapter')!r}"
+                 f"({layout.describe()}), features {config['feature_dim']} from adapter {config.get('adapter')!r}"
                  + (f", pooling {features.get('pooling')}, adapter_kwargs {features.get('adapter_kwargs')}" if features else ""))
     training = config.get("training") or {}
     if training:
@@ -424,8 +426,6 @@ def search_heads(base: str | Path, *, revision: str | None = None, limit: int = 
     from huggingface_hub import HfApi, hf_hub_download
 
     from vla_steer.hub.fingerprint import base_tag
-    from vla_steer.hub.schema import validate_head_config
-
     fingerprint = fingerprint_base(base, revision=revision, full=full_fingerprint, **hub)
     api_kwargs = {k: v for k, v in hub.items() if k == "token"}
     found, skipped = [], []

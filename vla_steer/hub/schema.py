@@ -158,10 +158,21 @@ def validate_head_config(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "head": head, "noise_shape": noise_shape, "latent_shape": latent_shape}
 
 
+#: head fields added after format 1 was published: written only when set, so a plain head stays readable by
+#: releases that do not know them
+LATER_HEAD_FIELDS = ("latent_rows", "steered_dims")
+
+
+def head_fields(head) -> dict[str, Any]:
+    """A :class:`HeadConfig` as a head config's ``head`` object (later fields only when set)."""
+    return {key: value for key, value in dataclasses.asdict(head).items()
+            if not (key in LATER_HEAD_FIELDS and value is None)}
+
+
 def canonical_head_config(config: dict[str, Any]) -> dict[str, Any]:
     """A checked ``head_config.json`` dict as JSON: ``head`` with every field (defaults filled in), shapes as lists."""
     checked = validate_head_config(config)
-    return to_json_safe({**checked, "head": dataclasses.asdict(checked["head"]),
+    return to_json_safe({**checked, "head": head_fields(checked["head"]),
                          "noise_shape": list(checked["noise_shape"]), "latent_shape": list(checked["latent_shape"])})
 
 

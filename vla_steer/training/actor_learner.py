@@ -96,10 +96,9 @@ def _build(recipe: Recipe):
     """``(accelerator, base, layout, algo)`` as the trainer builds them (same seed: same initial head)."""
     from accelerate.utils import set_seed
 
-    from vla_steer.adapters.base import LatentLayout
     from vla_steer.algorithms import build_algorithm
     from vla_steer.config import validate_recipe
-    from vla_steer.pipeline import build_base
+    from vla_steer.pipeline import build_base, recipe_layout
     from vla_steer.training.trainer import make_accelerator
 
     validate_recipe(recipe)
@@ -109,7 +108,7 @@ def _build(recipe: Recipe):
     accelerator = make_accelerator(recipe, Path(t.output_dir))
     set_seed(t.seed)
     base = build_base(recipe, accelerator, show_progress=t.show_progress)
-    layout = LatentLayout.from_head(recipe.head, base.adapter.noise_shape)
+    layout = recipe_layout(recipe, base.adapter)
     set_seed(t.seed)
     algo = build_algorithm(recipe.algorithm, recipe.head, base.adapter, layout, accelerator)
     return accelerator, base, layout, algo
@@ -131,8 +130,7 @@ class Actor:
         self.state["episodes"] = max(self.state["episodes"], len(episode_files(self.root)))
         self.collector = Collector(recipe, self.base, self.layout, seed=recipe.train.seed * 10_000,
                                    record_to=self.root / "rollouts",
-                                   store_observations=self.algo.needs_stored_decode_state
-                                   and not self.base.adapter.storable_decode_state)
+                                   store_observations=self.algo.reencodes_observations)
         self.head_version = -1
         self.control_periods: list[float] = []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -33,12 +34,16 @@ def check_fits_in_memory(capacity: int, batch: dict[str, torch.Tensor], device: 
     stored observations (a VLA base's action critic) one row can be tens of kilobytes."""
     row_bytes = sum(math.prod(v.shape[1:]) * v.element_size() for v in batch.values())
     free = available_memory(device)
-    if free is not None and capacity * row_bytes > 0.8 * free:
-        fitting = int(0.5 * free // row_bytes)
+    # a third of what is free, shared by the processes of this machine: a checkpoint copies the filled buffer once
+    # more (and safetensors once again while writing), and updates need room of their own
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    budget = None if free is None else free / 3 / processes
+    if budget is not None and capacity * row_bytes > budget:
         raise BufferTooLargeError(
             f"train.buffer_size={capacity:,} rows x {row_bytes:,} bytes per transition = {capacity * row_bytes / 1e9:.1f} "
-            f"GB, more than the {free / 1e9:.1f} GB free on {device}; lower train.buffer_size (e.g. {fitting:,}, half "
-            "of what is free)")
+            f"GB, more than this process's budget of {budget / 1e9:.1f} GB (a third of the {free / 1e9:.1f} GB free on "
+            f"{device}, over {processes} process(es): checkpoints copy the buffer); lower train.buffer_size (e.g. "
+            f"{int(budget // row_bytes):,})")
 
 
 class ReplayBuffer:

@@ -127,7 +127,9 @@ def make_vector_env(recipe: Recipe, num_envs: int, seed: int, n_action_steps: in
 
 
 def env_task_index(recipe: Recipe, i: int) -> int:
-    """Which task of a task set (``env.id: a+b+c``) env ``i`` runs: ``env.only_task`` if set, else ``i mod n``."""
+    """The task index env ``i`` passes to a task set (``env.id: a+b+c``; ``make_env`` takes it mod n): ``env.only_task``
+    if set, else ``i``. ``env.num_envs`` is a multiple of n (``validate_recipe``), so every process covers every task
+    equally."""
     return recipe.env.only_task if recipe.env.only_task is not None else i
 
 
@@ -192,7 +194,8 @@ class Collector:
         self.last_chunk_steps: np.ndarray = np.zeros(self.num_envs, int)  # env steps each env ran in the last step
         self.obs = self.context = None
         # the processed observations go into transitions too, for an action critic that re-encodes them
-        self.store_observations, self._image_bytes = store_observations, None
+        self.store_observations = store_observations
+        self.image_bytes: set[str] | None = None  # observation keys stored as uint8, decided on the first batch
 
     # -- observations ------------------------------------------------------------------------------------
     def tasks(self, envs: gym.vector.VectorEnv | None = None) -> list[str]:
@@ -213,9 +216,9 @@ class Collector:
 
     def _observation_fields(self, context: Context, prefix: str) -> dict[str, torch.Tensor]:
         observation = context.extras["observation"]
-        if self._image_bytes is None:
-            self._image_bytes = images_stored_as_bytes(observation)
-        return observation_fields(observation, prefix, self._image_bytes)
+        if self.image_bytes is None:
+            self.image_bytes = images_stored_as_bytes(observation)
+        return observation_fields(observation, prefix, self.image_bytes)
 
     def check_inputs(self, obs) -> None:
         """Refuse an env whose processed observation lacks what the base reads, naming the keys and the fix."""

@@ -9,7 +9,6 @@ and how it did (base and steered metrics per evaluation, on the evaluation seeds
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 from vla_steer.provenance import hardware, package_versions
@@ -56,11 +55,12 @@ def save_head(trainer, directory: Path) -> Path:
     was trained on (the base's fingerprint, shapes, feature options, algorithm)."""
     from vla_steer.hub import write_head
     from vla_steer.hub.fingerprint import base_fingerprint
+    from vla_steer.hub.schema import head_fields
     from vla_steer.steering.best_of_k import latent_critic
 
     algo, recipe = trainer.algo, trainer.recipe
     head_config = {
-        "critic": "latent", "algorithm": recipe.algorithm.name, "head": asdict(recipe.head),
+        "critic": "latent", "algorithm": recipe.algorithm.name, "head": head_fields(recipe.head),
         "noise_shape": list(trainer.adapter.noise_shape), "latent_shape": list(trainer.layout.latent_shape),
         "feature_dim": trainer.adapter.feature_dim, "adapter": trainer.adapter.family,
         "env": recipe.env.id or recipe.env.type, "base_fingerprint": base_fingerprint(trainer.adapter)}

@@ -30,8 +30,8 @@ class Learner:
         self.updates = 0
         self._graphed = None  # the captured update (vla_steer.training.cuda_graph), built at the first update
         # a graph replays fixed kernels on fixed tensors: not for updates that re-encode observations through a VLA
-        reencodes = algo.needs_stored_decode_state and not algo.adapter.storable_decode_state
-        self._try_graph = recipe.train.cuda_graph_updates and accelerator.device.type == "cuda" and not reencodes
+        self._try_graph = (recipe.train.cuda_graph_updates and accelerator.device.type == "cuda"
+                           and not algo.reencodes_observations)
 
     def add(self, transition: dict[str, torch.Tensor]) -> None:
         self.buffer.add(transition)

@@ -25,8 +25,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from vla_steer.adapters.base import LatentLayout
 from vla_steer.algorithms import SteeringAlgorithm, build_algorithm
+from vla_steer.algorithms.stored_observations import image_keys_stored_as_bytes
 from vla_steer.config import Recipe, validate_recipe
 from vla_steer.files import write_atomically
 from vla_steer.provenance import git_commit
@@ -55,7 +55,7 @@ class SteeringTrainer:
     for built-in envs) defaults to the recipe's own."""
 
     def __init__(self, recipe: Recipe, base=None, accelerator: Accelerator | None = None):
-        from vla_steer.pipeline import SteeringBase, build_base
+        from vla_steer.pipeline import SteeringBase, build_base, recipe_layout
 
         validate_recipe(recipe)  # a recipe built in code is checked as a loaded one is: before any work
         self.recipe = recipe
@@ -82,14 +82,14 @@ class SteeringTrainer:
 
             base = SteeringBase(base, ObservationPipeline(acc.device), ActionPipeline())
         self.base, self.adapter = base, base.adapter
-        self.layout = LatentLayout.from_head(recipe.head, self.adapter.noise_shape)
+        self.layout = recipe_layout(recipe, self.adapter)
         set_seed(t.seed)
         self.algo: SteeringAlgorithm = build_algorithm(recipe.algorithm, recipe.head, self.adapter, self.layout, acc)
         self._check_algorithm_fits()
         self.learner = Learner(recipe, self.algo, acc, sampler_seed=t.seed * 7919 + acc.process_index)
         self.env_seed = t.seed * 10_000 + acc.process_index * 1_000
         self.collector = Collector(recipe, base, self.layout, self.env_seed, self._recording_dir(),
-                                   store_observations=self.reencodes_observations)
+                                   store_observations=self.algo.reencodes_observations)
         self.evaluator = Evaluator(recipe, base, self.layout, seed=t.eval_seed)
 
         steps_per_iteration = recipe.env.num_envs * self.adapter.n_action_steps * acc.num_processes
@@ -119,14 +119,8 @@ class SteeringTrainer:
     def updates(self) -> int:
         return self.learner.updates
 
-    @property
-    def reencodes_observations(self) -> bool:
-        """An action critic on a base whose context (a VLM KV cache) cannot be stored: the buffer keeps the processed
-        observations and each update re-encodes its batch (``SteeringAlgorithm.decode_stored``)."""
-        return self.algo.needs_stored_decode_state and not self.adapter.storable_decode_state
-
     def _check_algorithm_fits(self) -> None:
-        if self.reencodes_observations and self.recipe.offline.dataset:
+        if self.algo.reencodes_observations and self.recipe.offline.dataset:
             raise ValueError(
                 f"offline.dataset with {self.recipe.algorithm.name} on a {type(self.adapter).__name__} base is not "
                 "supported yet: its context cannot be stored and offline transitions do not keep the observations to "
@@ -331,6 +325,8 @@ class SteeringTrainer:
         """Resume or start fresh; evaluate the base once. Returns whether the run resumed."""
         acc, t = self.accelerator, self.recipe.train
         resumed = t.resume and self.load_checkpoint()
+        if resumed and self.algo.reencodes_observations and self.buffer.storage:  # store observations as before
+            self.collector.image_bytes = image_keys_stored_as_bytes(self.buffer.storage)
         if acc.is_main_process:
             self._trim_metrics_log(resumed)
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -350,6 +346,8 @@ class SteeringTrainer:
                 self.log({"event": "offline_pretrain", "env_steps": 0, **{f"offline/{k}": v for k, v in metrics.items()}})
         if self.base_metrics is None:
             self.base_metrics = self.evaluate("base") if acc.is_main_process else {}
+            # a masked "full" layout keeps the base's i.i.d. noise (padded dims draw their own), so only time-structured
+            # layouts change what the base sees
             if self.layout.name != "full" and acc.is_main_process:
                 self.base_metrics["under_latent_layout"] = self.evaluate("prior_latent")
             self.log({"event": "base_eval", "env_steps": 0, **_flat(self.base_metrics, "base")})
