@@ -188,6 +188,29 @@ def test_bad_robot_env_options_and_scripts_are_refused_with_the_field_named(tmp_
                          kwargs={"image_obs": False})
 
 
+def test_a_reward_classifier_is_refused_while_lerobot_s_own_cannot_predict(tmp_path, hil_base):
+    """LeRobot 0.4.4's reward classifier step fails at its first prediction (Classifier.predict_reward calls
+    normalize_inputs, which LeRobot 0.4 removed): shown here on a tiny classifier, so this test goes red when LeRobot
+    fixes it and the refusal can be lifted. Until then a recipe naming one is refused before any work."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.sac.reward_model.configuration_classifier import RewardClassifierConfig
+    from lerobot.policies.sac.reward_model.modeling_classifier import Classifier
+    from transformers import ResNetConfig, ResNetModel
+
+    from vla_steer.config import RecipeError
+
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")).save_pretrained(
+        tmp_path / "resnet")
+    classifier = Classifier(RewardClassifierConfig(
+        model_name=str(tmp_path / "resnet"), num_cameras=1, hidden_dim=16, latent_dim=16,
+        input_features={"observation.image": PolicyFeature(FeatureType.VISUAL, (3, 32, 32))}))
+    with pytest.raises(AttributeError, match="normalize_inputs"):
+        classifier.predict_reward({"observation.image": torch.rand(1, 3, 32, 32)})
+    env = {**hil_env(), "processor": {"reward_classifier": {"pretrained_path": str(tmp_path / "classifier")}}}
+    with pytest.raises(RecipeError, match="reward_classifier: LeRobot 0.4.4's reward classifier cannot run"):
+        recipe_from_dict(hil_recipe(tmp_path, hil_base, env))
+
+
 # -------------------------------------------------------------------------------------------------------------
 def _spawn(role: str, recipe_file: Path, log: Path):
     import os

@@ -86,9 +86,18 @@ def robot_env_config(options: dict):
     import vla_steer.robot.events  # noqa: F401  registers the vla_steer_scripted teleoperator
 
     try:
-        return draccus.decode(HILSerlRobotEnvConfig, dict(options))
+        config = draccus.decode(HILSerlRobotEnvConfig, dict(options))
     except Exception as exc:  # draccus raises its own parsing errors, which name the field
         raise ValueError(f"env.type {ENV_TYPE!r}: the options do not form a LeRobot HILSerlRobotEnvConfig: {exc}") from None
+    classifier = config.processor.reward_classifier if config.processor is not None else None
+    if classifier is not None and classifier.pretrained_path is not None:
+        # LeRobot 0.4.4's RewardClassifierProcessorStep calls Classifier.predict_reward, which calls
+        # self.normalize_inputs: removed from policies in 0.4 (normalisation moved to processors), so the first step
+        # raises AttributeError (tests/test_robot.py reproduces it). Refuse up front rather than mid-episode.
+        raise ValueError("env.processor.reward_classifier: LeRobot 0.4.4's reward classifier cannot run (its "
+                         "Classifier.predict_reward calls normalize_inputs, which LeRobot 0.4 removed). Label success "
+                         "with the teleoperator's success key instead, or use the simulator's own success")
+    return config
 
 
 def make_gym_hil_env(config, kwargs: dict | None = None) -> gym.Env:
