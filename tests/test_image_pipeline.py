@@ -118,3 +118,28 @@ def test_buffer_decoding_algorithms_refuse_a_vla_context_with_the_fix(trained_pi
                                            train={"output_dir": str(tmp_path / "refused")}))
     with pytest.raises(ValueError, match="algorithm.critic: latent"):
         SteeringTrainer(recipe).run()
+
+
+@pytest.mark.parametrize("algorithm", [{"name": "dsrl_na"}, {"name": "lpds", "critic": "action"}])
+def test_action_critics_on_the_toy_smolvla_learn_on_held_out_transitions(tmp_path, algorithm):
+    """The toy SmolVLA's KV cache is not stored: DSRL-NA and LP-DS's action critic train on stored 32 px frames (kept
+    as uint8, exactly) re-encoded in every update, and Q^A's TD loss on held-out transitions falls."""
+    recipe = pixel_recipe(tmp_path, env={"reward_mode": "dense_minus_one", "reward_scale": 10.0},
+                          train={"total_env_steps": 480, "warmup_env_steps": 480, "eval_every": 480, "checkpoint_every": 480})
+    # gamma 0.5: Q's targets settle within a few hundred updates
+    recipe = recipe_from_dict({**recipe, "algorithm": {**algorithm, "batch_size": 32, "gamma": 0.5}})
+    trainer = SteeringTrainer(recipe)
+    trainer.run()  # warm-up only: prior-noise transitions
+    rows = len(trainer.buffer)
+    stored = {key: value[:rows] for key, value in trainer.buffer.storage.items()}
+    assert stored[f"obs_u8/{IMAGE_KEY}"].dtype == torch.uint8 and "decode_state" not in stored
+    split = int(0.75 * rows)  # the last quarter (later episodes) is held out
+    fit = {key: value[:split] for key, value in stored.items()}
+    held_out = {key: value[split:] for key, value in stored.items()}
+    before = trainer.algo.action_critic_loss(held_out).item()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        index = torch.randint(0, split, (32,), generator=generator)
+        trainer.algo.critic_update({key: value[index] for key, value in fit.items()})
+    after = trainer.algo.action_critic_loss(held_out).item()
+    assert 0 <= after < 0.6 * before, (before, after)
