@@ -65,12 +65,15 @@ def summarize(work: Path) -> dict:
     reports = [json.loads(f.read_text()) for f in sorted(work.glob("*/report.json"))]
     by_seed: dict[int, dict] = {}
     for r in reports:
-        entry = by_seed.setdefault(r["seed"], {"multi": {}, "single": {}, "base": {}})
+        entry = by_seed.setdefault(r["seed"], {"multi": {}, "single": {}, "base": {}, "multi_return": {},
+                                               "single_return": {}, "base_return": {}})
         kind = "multi" if r["name"] == "multitask" else "single"
         for task, metrics in r["steered"].items():
             entry[kind][task] = metrics["success_rate"]
+            entry[f"{kind}_return"][task] = metrics["return_mean"]
         for task, metrics in r["base"].items():
             entry["base"].setdefault(task, metrics["success_rate"])
+            entry["base_return"].setdefault(task, metrics["return_mean"])
     complete = {seed: e for seed, e in by_seed.items() if len(e["multi"]) == 3 and len(e["single"]) == 3}
     summary = {"note": "one task-conditioned base; per seed one head on 3 tasks vs 3 single-task heads at equal total "
                        f"env steps; reported seeds {REPORT_SEED} + i, {EPISODES_PER_TASK} episodes per task",
@@ -81,10 +84,15 @@ def summarize(work: Path) -> dict:
         base = [np.mean(list(e["base"].values())) for e in complete.values()]
         diff = [m - s for m, s in zip(multi, single)]
         summary.update(base_mean=float(np.mean(base)), multi_mean=float(np.mean(multi)), single_mean=float(np.mean(single)))
+        returns = {kind: [np.mean(list(e[f"{kind}_return"].values())) for e in complete.values()]
+                   for kind in ("base", "multi", "single")}
+        summary.update({f"{kind}_return_mean": float(np.mean(v)) for kind, v in returns.items()})
         if len(complete) > 1:
             summary.update(multi_sd=sample_std(multi), single_sd=sample_std(single), multi_ci95=t_interval(multi),
                            single_ci95=t_interval(single), multi_minus_single=float(np.mean(diff)),
-                           multi_minus_single_ci95=t_interval(diff))
+                           multi_minus_single_ci95=t_interval(diff),
+                           multi_minus_single_return_ci95=t_interval(
+                               [m - x for m, x in zip(returns["multi"], returns["single"])]))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2))
     return summary
