@@ -112,12 +112,15 @@ def test_lpds_steers_the_pixel_smolvla_without_touching_it(trained_pixel_base):
     assert all(p.grad is None for p in trainer.adapter.policy.parameters())
 
 
-def test_buffer_decoding_algorithms_refuse_a_vla_context_with_the_fix(trained_pixel_base):
+def test_offline_data_for_a_re_encoding_action_critic_is_refused_with_the_fix(trained_pixel_base):
+    """The action critic re-encodes stored observations on a VLA base; offline transitions keep none, so offline data
+    is refused there (before any rollout), naming what works."""
     tmp_path, _, _, _ = trained_pixel_base
-    recipe = recipe_from_dict(pixel_recipe(tmp_path, algorithm={"critic": "action"},
-                                           train={"output_dir": str(tmp_path / "refused")}))
-    with pytest.raises(ValueError, match="algorithm.critic: latent"):
-        SteeringTrainer(recipe).run()
+    recipe = pixel_recipe(tmp_path, algorithm={"critic": "action"}, train={"output_dir": str(tmp_path / "refused")})
+    recipe = recipe_from_dict({**recipe, "offline": {"dataset": "demos"}})
+    with pytest.raises(ValueError, match="offline.dataset with lpds on a SmolVLAAdapter base is not supported yet"):
+        SteeringTrainer(recipe)
+    assert not (tmp_path / "refused" / "metrics.jsonl").exists()
 
 
 @pytest.mark.parametrize("algorithm", [{"name": "dsrl_na"}, {"name": "lpds", "critic": "action"}])
