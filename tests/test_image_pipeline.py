@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from tiny_common import held_out_critic_losses
 
 from vla_steer.config import RecipeError, recipe_from_dict
 from vla_steer.envs.registry import IMAGE_KEY, STATE_KEY, make_env, task_description
@@ -133,16 +134,7 @@ def test_action_critics_on_the_toy_smolvla_learn_on_held_out_transitions(tmp_pat
     recipe = recipe_from_dict({**recipe, "algorithm": {**algorithm, "batch_size": 32, "gamma": 0.5}})
     trainer = SteeringTrainer(recipe)
     trainer.run()  # warm-up only: prior-noise transitions
-    rows = len(trainer.buffer)
-    stored = {key: value[:rows] for key, value in trainer.buffer.storage.items()}
+    stored = trainer.buffer.storage
     assert stored[f"obs_u8/{IMAGE_KEY}"].dtype == torch.uint8 and "decode_state" not in stored
-    split = int(0.75 * rows)  # the last quarter (later episodes) is held out
-    fit = {key: value[:split] for key, value in stored.items()}
-    held_out = {key: value[split:] for key, value in stored.items()}
-    before = trainer.algo.action_critic_loss(held_out).item()
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        index = torch.randint(0, split, (32,), generator=generator)
-        trainer.algo.critic_update({key: value[index] for key, value in fit.items()})
-    after = trainer.algo.action_critic_loss(held_out).item()
+    before, after = held_out_critic_losses(trainer, updates=300)
     assert 0 <= after < 0.6 * before, (before, after)

@@ -145,6 +145,21 @@ def save_pusht_diffusion_base(directory: Path, seed: int = 0, horizon: int = 8) 
                                 directory)
 
 
+def held_out_critic_losses(trainer, updates: int, batch_size: int = 32) -> tuple[float, float]:
+    """Q^A's TD loss on the last quarter of the trainer's replay buffer (its later episodes), before and after
+    ``updates`` critic-only updates on seeded batches of the first three quarters."""
+    rows = len(trainer.buffer)
+    split = int(0.75 * rows)
+    fit = {key: value[:split] for key, value in trainer.buffer.storage.items()}
+    held_out = {key: value[split:rows] for key, value in trainer.buffer.storage.items()}
+    before = trainer.algo.action_critic_loss(held_out).item()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(updates):
+        index = torch.randint(0, split, (batch_size,), generator=generator)
+        trainer.algo.critic_update({key: value[index] for key, value in fit.items()})
+    return before, trainer.algo.action_critic_loss(held_out).item()
+
+
 def assert_base_frozen_through_backward(adapter, observation, noise: torch.Tensor, padded_from: int | None = None) -> None:
     """A backward through ``decode`` reaches the noise but leaves the adapter's policy untouched: eval mode, no
     parameter requires or receives a gradient, every tensor bit-identical. ``padded_from``: the first padded

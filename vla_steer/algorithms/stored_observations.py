@@ -26,26 +26,32 @@ def observation_fields(observation: dict, prefix: str, as_bytes: set[str]) -> di
         if not isinstance(value, torch.Tensor):
             continue
         if key in as_bytes:
-            if not _whole_pixels(value):
+            pixels = _pixel_bytes(value)
+            if pixels is None:
                 raise ValueError(f"{key} is no longer whole 1/255 steps, as in the first batch; the replay buffer "
                                  "stores it as uint8. Does the env's image processing change between steps?")
-            fields[f"{prefix}{IMAGE_BYTES_FIELD}{key}"] = (value * 255).round().to(torch.uint8)
+            fields[f"{prefix}{IMAGE_BYTES_FIELD}{key}"] = pixels
         else:
             fields[f"{prefix}{OBSERVATION_FIELD}{key}"] = value
     return fields
 
 
-def _whole_pixels(value: torch.Tensor) -> bool:
-    """Values in [0, 1] that are whole multiples of 1/255, up to float rounding (a GPU divides by multiplying by
-    1/255, which is off by an ulp); the uint8 copy then restores them to within that ulp."""
+def _pixel_bytes(value: torch.Tensor) -> torch.Tensor | None:
+    """``value`` as uint8 pixels when it holds values in [0, 1] that are whole multiples of 1/255, up to float rounding
+    (a GPU divides by multiplying by 1/255, which is off by an ulp; the uint8 copy restores them to within that ulp);
+    ``None`` otherwise."""
     pixels = value * 255
-    return bool((pixels - pixels.round()).abs().max() <= 1e-3) and bool(value.min() >= 0) and bool(value.max() <= 1)
+    rounded = pixels.round()
+    if (pixels - rounded).abs().max() > 1e-3 or value.min() < 0 or value.max() > 1:
+        return None
+    return rounded.to(torch.uint8)
 
 
 def images_stored_as_bytes(observation: dict) -> set[str]:
     """The float image entries (``[B, C, H, W]``) of a processed batch whose values are whole multiples of 1/255."""
     return {key for key, value in observation.items()
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.ndim == 4 and _whole_pixels(value)}
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.ndim == 4
+            and _pixel_bytes(value) is not None}
 
 
 def image_keys_stored_as_bytes(fields) -> set[str]:
