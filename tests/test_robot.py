@@ -123,6 +123,25 @@ def test_the_e_stop_stops_actions_within_one_control_step(tmp_path):
     env.close()
 
 
+def test_a_scripted_person_who_intervenes_with_the_expert_picks_the_cube_while_the_policy_sends_nothing():
+    env = robot_env(intervention_expert="gym_hil_pick", interventions=[[0, 0, 10_000]])
+    env.reset(seed=3)
+    executed, success = [], False
+    for _ in range(100):
+        _, reward, terminated, truncated, info = env.step(np.zeros(4, np.float32))  # the policy would stand still
+        assert info["is_intervention"]
+        executed.append(info["executed_action"])
+        if terminated or truncated:
+            success = info["is_success"]
+            break
+    env.close()
+    assert success and reward == 1.0
+    executed = np.array(executed)
+    assert np.abs(executed[:, :3]).max() > 0.5 and 2.0 in executed[:, 3]  # the person moved and closed the gripper
+    with pytest.raises(ValueError, match=r"intervention_expert 'ghost': choose one of \['gym_hil_pick'\]"):
+        robot_env(intervention_expert="ghost")
+
+
 @pytest.mark.parametrize("head_output", [float("nan"), float("inf"), 1e6])
 def test_a_broken_head_never_produces_an_out_of_limit_action(tmp_path, hil_base, head_output):
     from vla_steer.training.collector import Collector

@@ -199,7 +199,13 @@ class LeRobotRobotEnv(gym.Env):
             self.teleop.start_episode()
         self.transition = self.env_processor(data=create_transition(observation=obs, info=info,
                                                                     complementary_data=complementary))
-        return self._observation(), {}
+        return self._show_person(self._observation()), {}
+
+    def _show_person(self, observation: dict) -> dict:
+        """A scripted person watches the robot (``ScriptedTeleop.observe``); a keyboard's person has eyes."""
+        if hasattr(self.teleop, "observe"):
+            self.teleop.observe(observation)
+        return observation
 
     def step(self, action):
         from lerobot.processor.core import TransitionKey
@@ -217,7 +223,7 @@ class LeRobotRobotEnv(gym.Env):
         success = bool(info.get(TeleopEvents.SUCCESS, False)) or bool(info.get("succeed", False))
         step_info = {"is_success": success, "is_intervention": bool(info.get(TeleopEvents.IS_INTERVENTION, False)),
                      "executed_action": executed.reshape(-1)}
-        return (self._observation(), float(t[TransitionKey.REWARD]), bool(t[TransitionKey.DONE]),
+        return (self._show_person(self._observation()), float(t[TransitionKey.REWARD]), bool(t[TransitionKey.DONE]),
                 bool(t[TransitionKey.TRUNCATED]), step_info)
 
     def _keep_time(self) -> None:

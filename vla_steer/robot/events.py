@@ -27,6 +27,10 @@ from lerobot.teleoperators.utils import TeleopEvents
 
 #: the e-stop event's key in the events dict (LeRobot's TeleopEvents has none)
 ESTOP = "estop"
+#: scripted experts a scripted person can intervene with (``intervention_expert``), by name
+INTERVENTION_EXPERTS = {"gym_hil_pick": "gym_hil_pick_expert"}
+#: LeRobot's end-effector teleop action, in the order of a policy's action vector
+TELEOP_ACTION_KEYS = ("delta_x", "delta_y", "delta_z", "gripper")
 
 
 @TeleoperatorConfig.register_subclass("vla_steer_scripted")
@@ -37,6 +41,9 @@ class ScriptedTeleopConfig(TeleoperatorConfig):
     # what the person commands while intervening: LeRobot's end-effector teleop action (deltas and gripper 0/1/2)
     intervention_action: dict = field(default_factory=lambda: {"delta_x": 0.0, "delta_y": 0.0, "delta_z": 0.0,
                                                                  "gripper": 1.0})
+    # a person who helps: while intervening, act with this scripted expert on what the robot env last observed
+    # (a key of INTERVENTION_EXPERTS) instead of the fixed intervention_action
+    intervention_expert: str | None = None
     successes: list = field(default_factory=list)  # [episode, step]: the success key is pressed at that step
     failures: list = field(default_factory=list)  # [episode, step]: the episode is ended as a failure
     estop_at: int | None = None  # control step (counted over the whole run) at which the e-stop is pressed
@@ -53,6 +60,14 @@ class ScriptedTeleop(Teleoperator):
         self.config = config
         self.episode, self.step, self.total_steps = -1, 0, 0
         self._connected = False
+        self._expert, self._last_observation = None, None
+        if config.intervention_expert is not None:
+            if config.intervention_expert not in INTERVENTION_EXPERTS:
+                raise ValueError(f"teleop.intervention_expert {config.intervention_expert!r}: choose one of "
+                                 f"{sorted(INTERVENTION_EXPERTS)}")
+            from vla_steer.data import experts
+
+            self._expert = getattr(experts, INTERVENTION_EXPERTS[config.intervention_expert])()
         for name in ("interventions", "successes", "failures"):
             width = 3 if name == "interventions" else 2
             for entry in getattr(config, name):
@@ -69,7 +84,13 @@ class ScriptedTeleop(Teleoperator):
     def _intervening(self) -> bool:
         return any(e == self.episode and first <= self.step <= last for e, first, last in self.config.interventions)
 
+    def observe(self, observation: dict) -> None:
+        """What the person sees: the robot env hands over every processed observation (reset and step)."""
+        self._last_observation = observation
+
     def get_action(self) -> dict[str, float]:
+        if self._expert is not None and self._last_observation is not None:
+            return dict(zip(TELEOP_ACTION_KEYS, map(float, self._expert(self._last_observation))))
         return {key: float(value) for key, value in self.config.intervention_action.items()}
 
     def get_teleop_events(self) -> dict[Any, bool]:
@@ -84,7 +105,8 @@ class ScriptedTeleop(Teleoperator):
     # -- the Teleoperator contract: nothing to connect or calibrate ------------------------------------------
     @property
     def action_features(self) -> dict:
-        return {key: float for key in self.config.intervention_action}
+        return {key: float for key in (TELEOP_ACTION_KEYS if self._expert is not None
+                                       else self.config.intervention_action)}
 
     @property
     def feedback_features(self) -> dict:
