@@ -15,6 +15,17 @@ with a Wilson interval and the mean lift with a t-interval over seeds (``benchma
 
 (The measured run passed the dense reward as an override, ``"env.kwargs={image_obs: false, random_block_position:
 true, reward_type: dense}"``; the recipe now carries it.)
+
+Sparse success labels (``--recipe recipes/gym_hil_pick_sparse.yaml``: reward 1 only when the cube is lifted, the
+episode's end; the base must succeed sometimes for that to teach anything) and a helping person
+(``--person-every N``: a scripted person takes over every N-th training episode and picks the cube with the scripted
+expert, through LeRobot's intervention steps; the evaluation runs the head alone):
+
+    python benchmarks/gym_hil_steering.py --recipe recipes/gym_hil_pick_sparse.yaml --base <checkpoint> \
+        --seeds 0 1 2 --output benchmarks/results/gym_hil_sparse_dsrl_sac.json algorithm.name=dsrl_sac
+    python benchmarks/gym_hil_steering.py --recipe recipes/gym_hil_pick_sparse.yaml --base <checkpoint> \
+        --person-every 4 --seeds 0 1 2 --output benchmarks/results/gym_hil_sparse_dsrl_na_person.json \
+        algorithm.name=dsrl_na
 """
 
 from __future__ import annotations
@@ -98,6 +109,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--summarize", type=Path, nargs="+", default=None, metavar="REPORT",
                         help="only summarise finished reports (one per base) over all their runs")
+    parser.add_argument("--recipe", type=Path, default=RECIPE)
+    parser.add_argument("--person-every", type=int, default=0, metavar="N",
+                        help="a scripted person takes over every N-th training episode with the scripted expert")
     parser.add_argument("--base", help="the lerobot-train checkpoint (pretrained_model directory)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval-episodes", type=int, default=100)
@@ -118,7 +132,12 @@ def main() -> None:
     from vla_steer.config import load_recipe
     from vla_steer.provenance import git_commit, hardware, package_versions
 
-    recipe = load_recipe(RECIPE, [f"base.path={args.base}", *args.overrides]).to_dict()
+    overrides = [f"base.path={args.base}", *args.overrides]
+    if args.person_every:
+        interventions = [[episode, 0, 100_000] for episode in range(0, 10_000, args.person_every)]
+        overrides.append("env.teleop=" + json.dumps({"type": "vla_steer_scripted", "intervention_expert": "gym_hil_pick",
+                                                     "interventions": interventions}))
+    recipe = load_recipe(args.recipe, overrides).to_dict()
     args.work.mkdir(parents=True, exist_ok=True)
     start = time.time()
     base = evaluate(recipe, None, args.eval_episodes)
@@ -133,14 +152,17 @@ def main() -> None:
                      "lift": steered["success_rate"] - base["success_rate"], "return_mean": steered["return_mean"],
                      "return_lift": steered["return_mean"] - base["return_mean"], "head_version": steered["head_version"],
                      "training_episodes": actor["episodes"], "training_env_steps": actor["env_steps"],
-                     "training_success_rate": float(np.mean(actor["successes"])), "action_entropy": steered["action_entropy"],
+                     "training_success_rate": float(np.mean(actor["successes"])),
+                     "training_intervened_episodes": sum(actor.get("intervened", [])), "action_entropy": steered["action_entropy"],
                      "action_drift": steered.get("action_drift")})
         print(f"seed {seed}: success {steered['success_rate']:.2f} (base {base['success_rate']:.2f}), return "
               f"{steered['return_mean']:.2f} (base {base['return_mean']:.2f})")
     lifts, return_lifts = [run["lift"] for run in runs], [run["return_lift"] for run in runs]
     report = {
-        "task": "gym_hil/PandaPickCube-v0 (gym_manipulator, state observations, random cube position)",
-        "method": recipe["algorithm"]["name"], "base_path": args.base, "recipe": recipe,
+        "task": "gym_hil/PandaPickCube-v0 (gym_manipulator, state observations, "
+                f"{'random' if recipe['env']['kwargs'].get('random_block_position') else 'fixed'} cube position, "
+                f"{recipe['env']['kwargs'].get('reward_type', 'sparse')} reward)",
+        "method": recipe["algorithm"]["name"], "person_every": args.person_every, "base_path": args.base, "recipe": recipe,
         "evaluation_seeds": [EVAL_SEED, EVAL_SEED + min(EVAL_ENVS, args.eval_episodes) - 1], "eval_episodes": args.eval_episodes,
         "base": {"success_rate": base["success_rate"],
                  "success_wilson95": wilson_interval(round(base["success_rate"] * args.eval_episodes), args.eval_episodes),

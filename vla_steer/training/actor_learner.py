@@ -174,6 +174,8 @@ class Actor:
         self.state["returns"].append(episodes["return"][tracker_index])
         self.state["successes"].append(episodes["success"][tracker_index])
         self.state["head_versions"].append(self.head_version)
+        if "intervention" in stacked:  # the person took over in this episode (any of its chunks)
+            self.state.setdefault("intervened", []).append(bool(stacked["intervention"].any()))
         _replace_file(self.root / ACTOR_STATE, lambda tmp: tmp.write_text(json.dumps(self.state)))
 
 
