@@ -105,10 +105,32 @@ def summarize(paths: list[Path]) -> dict:
     return summary
 
 
+def compare(without: Path, with_person: Path) -> dict:
+    """Two reports on the same base and seeds, without and with the person: success per seed, and the difference
+    (with minus without) paired by steering seed, with a t-interval over seeds."""
+    from intervals import t_interval
+
+    a, b = (json.loads(Path(p).read_text()) for p in (without, with_person))
+    if a["base_path"] != b["base_path"] or [r["seed"] for r in a["runs"]] != [r["seed"] for r in b["runs"]]:
+        raise SystemExit("compare needs two reports on the same base and the same seeds")
+    differences = [rb["success_rate"] - ra["success_rate"] for ra, rb in zip(a["runs"], b["runs"])]
+    summary = {"base_path": a["base_path"], "base_success": a["base"]["success_rate"],
+               "without_person": [r["success_rate"] for r in a["runs"]],
+               "with_person": [r["success_rate"] for r in b["runs"]], "person_every": b.get("person_every"),
+               "intervened_episodes": [r.get("training_intervened_episodes") for r in b["runs"]],
+               "difference_mean": float(np.mean(differences)),
+               "difference_std": float(np.std(differences, ddof=1)) if len(differences) > 1 else None,
+               "difference_t95": t_interval(differences) if len(differences) > 1 else None}
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--summarize", type=Path, nargs="+", default=None, metavar="REPORT",
                         help="only summarise finished reports (one per base) over all their runs")
+    parser.add_argument("--compare", type=Path, nargs=2, default=None, metavar=("WITHOUT", "WITH"),
+                        help="only compare two finished reports on one base: without and with the person")
     parser.add_argument("--recipe", type=Path, default=RECIPE)
     parser.add_argument("--person-every", type=int, default=0, metavar="N",
                         help="a scripted person takes over every N-th training episode with the scripted expert")
@@ -121,6 +143,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.summarize:
         summary = summarize(args.summarize)
+        if args.output:
+            args.output.write_text(json.dumps(summary, indent=2))
+        return
+    if args.compare:
+        summary = compare(*args.compare)
         if args.output:
             args.output.write_text(json.dumps(summary, indent=2))
         return

@@ -354,12 +354,17 @@ def main() -> None:
     parser.add_argument("--suite", type=Path, default=Path(__file__).parent / "suite.yaml")
     parser.add_argument("--only", nargs="*", help="task or family names")
     parser.add_argument("--methods", nargs="*")
+    parser.add_argument("--breadth-first", action="store_true",
+                        help="every task's first base and seed before any task's second (a partial grid then covers "
+                             "every task; the default finishes one task's bases and seeds before the next task)")
     parser.add_argument("--plan", action="store_true", help="list the runs and their state; run nothing")
     parser.add_argument("--report", action="store_true", help="regenerate RESULTS.md only")
     parser.add_argument("--results", type=Path, default=ROOT / "RESULTS.md")
     args = parser.parse_args()
     suite = load_suite(args.suite)
     runs, grid = plan(suite, args.only, args.methods), plan(suite)
+    if args.breadth_first:  # stable: within one (base, seed), tasks and methods keep the suite's order
+        runs.sort(key=lambda run: (run.base, run.seed))
     if args.plan:
         for run in runs:
             print(f"{state(run):8s} {run.name}")
