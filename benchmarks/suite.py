@@ -128,8 +128,10 @@ def check_protocol(suite: dict) -> None:
                                 "the training seeds (< 1e6)")
 
 
-def plan(suite: dict, only: list[str] | None = None, methods: list[str] | None = None) -> list[Run]:
-    """Every run of the grid, in order (task by task, then base, seed and method), filtered by task and method names."""
+def plan(suite: dict, only: list[str] | None = None, methods: list[str] | None = None,
+         breadth_first: bool = False) -> list[Run]:
+    """Every run of the grid, in order (task by task, then base, seed and method), filtered by task and method names.
+    ``breadth_first``: every task's first (base, seed) before any task's second, so a partial grid covers every task."""
     p, runs = suite["protocol"], []
     out = ROOT / suite.get("output_dir", "benchmarks/suite_runs")
     for family, spec in suite["families"].items():
@@ -149,6 +151,8 @@ def plan(suite: dict, only: list[str] | None = None, methods: list[str] | None =
                               "checkpoint_every": max(1, task_spec["budget"] // 4),  # a stopped suite loses little
                               "output_dir": str(directory / "train"), "cache_dir": str(out / "cache")}})
                 runs.append(Run(family, task, method, base, seed, recipe, directory))
+    if breadth_first:  # a stable sort: within one (base, seed), tasks and methods keep the suite's order
+        runs.sort(key=lambda run: (run.base, run.seed))
     return runs
 
 
@@ -362,9 +366,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "RESULTS.md")
     args = parser.parse_args()
     suite = load_suite(args.suite)
-    runs, grid = plan(suite, args.only, args.methods), plan(suite)
-    if args.breadth_first:  # stable: within one (base, seed), tasks and methods keep the suite's order
-        runs.sort(key=lambda run: (run.base, run.seed))
+    runs, grid = plan(suite, args.only, args.methods, args.breadth_first), plan(suite)
     if args.plan:
         for run in runs:
             print(f"{state(run):8s} {run.name}")

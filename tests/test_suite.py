@@ -39,6 +39,17 @@ def test_a_grid_breaking_the_protocol_is_refused_naming_the_rule(tmp_path, chang
         suite.check_protocol(spec)
 
 
+def test_breadth_first_covers_every_task_with_its_first_base_before_any_second(tmp_path):
+    spec = tiny_suite(tmp_path)
+    tasks = spec["families"]["lander"]["tasks"]
+    tasks["lander_b"] = dict(tasks["lander"])
+    depth = [(r.task, r.base, r.seed) for r in suite.plan(spec)]
+    assert depth[:2] == [("lander", 0, 0), ("lander", 0, 1)] and depth[6] == ("lander_b", 0, 0)
+    breadth = [(r.task, r.base, r.seed) for r in suite.plan(spec, breadth_first=True)]
+    assert breadth[:4] == [("lander", 0, 0), ("lander_b", 0, 0), ("lander", 0, 1), ("lander_b", 0, 1)]
+    assert sorted(breadth) == sorted(depth)  # the same runs, in another order
+
+
 def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_seeds(tmp_path):
     spec = tiny_suite(tmp_path)
     suite.check_protocol(spec)
