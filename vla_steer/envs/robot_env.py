@@ -84,6 +84,7 @@ def robot_env_config(options: dict):
 
     import lerobot.rl.gym_manipulator  # noqa: F401  registers the robots and teleoperators LeRobot's HIL env knows
     import vla_steer.robot.events  # noqa: F401  registers the vla_steer_scripted teleoperator
+    import vla_steer.robot.keyboard  # noqa: F401  registers vla_steer_keyboard_ee (LeRobot's keyboard_ee, fixed)
 
     try:
         config = draccus.decode(HILSerlRobotEnvConfig, dict(options))

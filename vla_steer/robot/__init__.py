@@ -9,4 +9,8 @@ def __getattr__(name: str):
         from vla_steer.robot import events
 
         return getattr(events, name)
+    if name in ("KeyboardInterventionTeleop", "KeyboardInterventionTeleopConfig"):
+        from vla_steer.robot import keyboard
+
+        return getattr(keyboard, name)
     raise AttributeError(name)
