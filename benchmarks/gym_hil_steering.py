@@ -26,6 +26,8 @@ expert, through LeRobot's intervention steps; the evaluation runs the head alone
     python benchmarks/gym_hil_steering.py --recipe recipes/gym_hil_pick_sparse.yaml --base <checkpoint> \
         --person-every 4 --seeds 0 1 2 --output benchmarks/results/gym_hil_sparse_dsrl_na_person.json \
         algorithm.name=dsrl_na
+    python benchmarks/gym_hil_steering.py --compare benchmarks/results/gym_hil_sparse_dsrl_na.json \\
+        benchmarks/results/gym_hil_sparse_dsrl_na_person.json --output benchmarks/results/gym_hil_person_effect.json
 """
 
 from __future__ import annotations
@@ -111,8 +113,13 @@ def compare(without: Path, with_person: Path) -> dict:
     from intervals import t_interval
 
     a, b = (json.loads(Path(p).read_text()) for p in (without, with_person))
-    if a["base_path"] != b["base_path"] or [r["seed"] for r in a["runs"]] != [r["seed"] for r in b["runs"]]:
-        raise SystemExit("compare needs two reports on the same base and the same seeds")
+    strip = lambda recipe: {**recipe, "env": {k: v for k, v in recipe["env"].items() if k != "teleop"},  # noqa: E731
+                            "train": {k: v for k, v in recipe["train"].items() if k != "output_dir"}}
+    if a.get("person_every") or not b.get("person_every"):
+        raise SystemExit("compare takes the report without the person first, then the one with it (--person-every)")
+    if a["base_path"] != b["base_path"] or [r["seed"] for r in a["runs"]] != [r["seed"] for r in b["runs"]] \
+            or strip(a["recipe"]) != strip(b["recipe"]):
+        raise SystemExit("compare needs two reports that differ only in the person: same base, seeds and recipe")
     differences = [rb["success_rate"] - ra["success_rate"] for ra, rb in zip(a["runs"], b["runs"])]
     summary = {"base_path": a["base_path"], "base_success": a["base"]["success_rate"],
                "without_person": [r["success_rate"] for r in a["runs"]],

@@ -152,7 +152,8 @@ def plan(suite: dict, only: list[str] | None = None, methods: list[str] | None =
                               "output_dir": str(directory / "train"), "cache_dir": str(out / "cache")}})
                 runs.append(Run(family, task, method, base, seed, recipe, directory))
     if breadth_first:  # a stable sort: within one (base, seed), tasks and methods keep the suite's order
-        runs.sort(key=lambda run: (run.base, run.seed))
+        order = {value: i for i, value in enumerate(p["bases"])}, {value: i for i, value in enumerate(p["steer_seeds"])}
+        runs.sort(key=lambda run: (order[0][run.base], order[1][run.seed]))
     return runs
 
 

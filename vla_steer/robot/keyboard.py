@@ -58,7 +58,15 @@ class KeyboardInterventionTeleop(KeyboardEndEffectorTeleop):
             raise RuntimeError("the keyboard teleoperator needs a display: DISPLAY is not set or pynput could not "
                                "connect to it. Run on the machine's desktop, over ssh -X, or under Xvfb; or use "
                                "teleop type gamepad")
+        with self._lock:  # a new session: nothing held, no label pending, the e-stop released
+            self._held, self._labels_since_last_step, self._escaped = set(), set(), False
         super().connect()
+        self.listener.wait()  # pynput's listener is receiving before the first control step reads it
+
+    def start_episode(self) -> None:
+        """The robot env calls this at every reset: a label typed after the last episode ended is not the new one's."""
+        with self._lock:
+            self._labels_since_last_step.clear()
 
     @staticmethod
     def _identity(key):
@@ -95,7 +103,7 @@ class KeyboardInterventionTeleop(KeyboardEndEffectorTeleop):
         held, key = self._held_now(), keyboard.Key if keyboard is not None else None
         if key is None or not self.is_connected:
             action = {"delta_x": 0.0, "delta_y": 0.0, "delta_z": 0.0}
-        else:  # LeRobot's keyboard_ee directions and gripper commands (0 close, 1 stay, 2 open)
+        else:  # LeRobot's keyboard_ee directions; gripper: right ctrl 2, left ctrl 0, neither 1 (on gym_hil 2 closes)
             action = {"delta_x": float((key.left in held) - (key.right in held)),
                       "delta_y": float((key.down in held) - (key.up in held)),
                       "delta_z": float((key.shift_r in held) - (key.shift in held))}
@@ -110,8 +118,9 @@ class KeyboardInterventionTeleop(KeyboardEndEffectorTeleop):
         moving = keyboard is not None and self.is_connected and any(
             k in held for k in (keyboard.Key.up, keyboard.Key.down, keyboard.Key.left, keyboard.Key.right,
                                 keyboard.Key.shift, keyboard.Key.shift_r, keyboard.Key.ctrl_r, keyboard.Key.ctrl_l))
+        # as LeRobot's keyboard_ee: success alone does not terminate (LeRobot's terminate_on_success decides)
         return {TeleopEvents.IS_INTERVENTION: moving, TeleopEvents.SUCCESS: "s" in labels,
-                TeleopEvents.TERMINATE_EPISODE: bool(labels), TeleopEvents.RERECORD_EPISODE: "r" in labels}
+                TeleopEvents.TERMINATE_EPISODE: bool(labels & {"q", "r"}), TeleopEvents.RERECORD_EPISODE: "r" in labels}
 
     def disconnect(self) -> None:
         if self.listener is not None and self.listener.is_alive():
