@@ -113,8 +113,11 @@ def compare(without: Path, with_person: Path) -> dict:
     from intervals import t_interval
 
     a, b = (json.loads(Path(p).read_text()) for p in (without, with_person))
-    strip = lambda recipe: {**recipe, "env": {k: v for k, v in recipe["env"].items() if k != "teleop"},  # noqa: E731
-                            "train": {k: v for k, v in recipe["train"].items() if k != "output_dir"}}
+    def strip(recipe: dict) -> dict:  # the recipe less the person (env.options.teleop) and the run directory
+        options = {k: v for k, v in recipe["env"].get("options", {}).items() if k != "teleop"}
+        return {**recipe, "env": {**recipe["env"], "options": options},
+                "train": {k: v for k, v in recipe["train"].items() if k != "output_dir"}}
+
     if a.get("person_every") or not b.get("person_every"):
         raise SystemExit("compare takes the report without the person first, then the one with it (--person-every)")
     if a["base_path"] != b["base_path"] or [r["seed"] for r in a["runs"]] != [r["seed"] for r in b["runs"]] \
