@@ -312,6 +312,45 @@ def test_killing_the_actor_or_the_learner_loses_no_finished_episode_and_training
     assert (run / "head" / "head.safetensors").is_file()
 
 
+def test_a_learner_with_a_backlog_of_updates_takes_the_actor_s_newer_episodes_in_between(tmp_path, hil_base):
+    """The actor never waits, so it can be episodes ahead of a slow learner: those join the buffer at the next
+    publish, not after the whole backlog (which would train on the first episodes only)."""
+    import json
+    import shutil
+    import threading
+
+    from safetensors.torch import load_file
+
+    from vla_steer.training.actor_learner import ACTOR_DONE, TRANSITIONS, Actor, LearnerProcess, episode_files
+
+    acted = hil_recipe(tmp_path / "acted", hil_base, hil_env())
+    acted["train"].update({"total_env_steps": 300, "warmup_env_steps": 0, "record_rollouts": False})
+    Actor(recipe_from_dict(acted)).run()
+    episodes = episode_files(tmp_path / "acted" / "run")
+    assert len(episodes) >= 3
+    learning = hil_recipe(tmp_path / "learning", hil_base, hil_env())
+    learning["train"].update({"warmup_env_steps": 0, "publish_every": 5})
+    learning["algorithm"].update({"name": "dsrl_sac", "utd": 40})  # a long backlog: 40 updates per transition
+    root = tmp_path / "learning" / "run"
+    (root / TRANSITIONS).mkdir(parents=True)
+    shutil.copy(episodes[0], root / TRANSITIONS / episodes[0].name)
+    learner = LearnerProcess(recipe_from_dict(learning))
+    thread = threading.Thread(target=learner.run)
+    thread.start()
+    _wait_for(lambda: (root / "published_head.safetensors").is_file(), 120, "the first published head")
+    for episode in episodes[1:]:  # the actor catches up while the learner works through episode 0's backlog
+        shutil.copy(episode, root / TRANSITIONS / episode.name)
+    (root / ACTOR_DONE).write_text("{}")
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    records = [json.loads(line) for line in (root / "learner_metrics.jsonl").read_text().splitlines()]
+    ingested = [r for r in records if r["event"] == "ingested"]
+    assert ingested and ingested[0]["episodes"] == len(episodes)
+    first_rows = load_file(episodes[0])["reward"].shape[0]
+    assert ingested[0]["updates"] < 40 * first_rows  # taken in before episode 0's backlog was done
+    assert learner.updates == 40 * learner.rows  # and every transition still got its updates
+
+
 def test_a_real_robot_config_decodes_as_lerobot_decodes_it():
     """No hardware here: the robot's and teleoperator's configs are LeRobot's own classes, ready for make_robot_env."""
     config = lerobot_env_config("gym_manipulator", {

@@ -225,11 +225,16 @@ class LearnerProcess:
         metrics: dict = {}
         while True:
             ingested = self.ingest()
-            budget = self.update_budget()
-            while self.updates < budget:
+            while self.updates < self.update_budget():
                 metrics = self.learner.update()
                 if self.updates % t.publish_every == 0:
                     publish_head(self.root, self.algo, self.updates)
+                    # the actor never waits, so it may be episodes ahead: they join the buffer now, not after the
+                    # whole backlog of updates (which would then train on stale data only)
+                    newly = self.ingest()
+                    if newly:
+                        ingested += newly
+                        self._log({"event": "ingested", "episodes": self.ingested, "updates": self.updates})
             if ingested:
                 self.save_checkpoint()
                 self._log({"event": "learner", "episodes": self.ingested, "env_steps": self.env_steps,
