@@ -1,7 +1,7 @@
 """The keyboard as the person's device: LeRobot's ``keyboard_ee`` keys, read so that interventions and labels arrive.
 
-LeRobot 0.4.4's ``KeyboardEndEffectorTeleop`` loses most of what a person types in the human-in-the-loop loop (each
-shown with real X key events under Xvfb in ``tests/test_keyboard.py``):
+LeRobot 0.4.4's ``KeyboardEndEffectorTeleop`` loses most of what a person types in the human-in-the-loop loop (the
+first and third shown with real X key events under Xvfb in ``tests/test_keyboard.py``, the second read in its code):
 
 * its listener keeps only keys that have a character, so the arrow, shift and ctrl keys (every movement key, and so
   every intervention) never arrive;
