@@ -65,9 +65,9 @@ class ScriptedTeleop(Teleoperator):
             if config.intervention_expert not in INTERVENTION_EXPERTS:
                 raise ValueError(f"teleop.intervention_expert {config.intervention_expert!r}: choose one of "
                                  f"{sorted(INTERVENTION_EXPERTS)}")
-            from vla_steer.data import experts
+            from vla_steer.robot import pick_expert
 
-            self._expert = getattr(experts, INTERVENTION_EXPERTS[config.intervention_expert])()
+            self._expert = getattr(pick_expert, INTERVENTION_EXPERTS[config.intervention_expert])()
         for name in ("interventions", "successes", "failures"):
             width = 3 if name == "interventions" else 2
             for entry in getattr(config, name):
