@@ -25,10 +25,12 @@ from lerobot.teleoperators.config import TeleoperatorConfig
 from lerobot.teleoperators.teleoperator import Teleoperator
 from lerobot.teleoperators.utils import TeleopEvents
 
+from vla_steer.robot.pick_expert import gym_hil_pick_expert
+
 #: the e-stop event's key in the events dict (LeRobot's TeleopEvents has none)
 ESTOP = "estop"
 #: scripted experts a scripted person can intervene with (``intervention_expert``), by name
-INTERVENTION_EXPERTS = {"gym_hil_pick": "gym_hil_pick_expert"}
+INTERVENTION_EXPERTS = {"gym_hil_pick": gym_hil_pick_expert}
 #: LeRobot's end-effector teleop action, in the order of a policy's action vector
 TELEOP_ACTION_KEYS = ("delta_x", "delta_y", "delta_z", "gripper")
 
@@ -65,9 +67,7 @@ class ScriptedTeleop(Teleoperator):
             if config.intervention_expert not in INTERVENTION_EXPERTS:
                 raise ValueError(f"teleop.intervention_expert {config.intervention_expert!r}: choose one of "
                                  f"{sorted(INTERVENTION_EXPERTS)}")
-            from vla_steer.robot import pick_expert
-
-            self._expert = getattr(pick_expert, INTERVENTION_EXPERTS[config.intervention_expert])()
+            self._expert = INTERVENTION_EXPERTS[config.intervention_expert]()
         for name in ("interventions", "successes", "failures"):
             width = 3 if name == "interventions" else 2
             for entry in getattr(config, name):
