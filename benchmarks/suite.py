@@ -215,11 +215,9 @@ def reuse(run: Run, twin: Run) -> dict:
     report = json.loads(twin.report_file.read_text())
     report.update(run=run.name, family=run.family, task=run.task, method=run.method, same_run_as=twin.name)
     run.directory.mkdir(parents=True, exist_ok=True)
-    if not (run.directory / "train").exists():
+    if not (run.directory / "train").exists() and (twin.directory / "train").exists():
         (run.directory / "train").symlink_to(os.path.relpath(twin.directory / "train", run.directory))
-    tmp = run.report_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(run.report_file)
+    write_report(run, report)
     return report
 
 
@@ -235,6 +233,28 @@ def saved_head_matches(trainer, head_dir: Path) -> bool:
         if ours.keys() != theirs.keys() or not all(torch.equal(ours[k].cpu(), theirs[k]) for k in ours):
             return False
     return True
+
+
+CURVE_KEYS = ("env_steps", "success_rate", "return_mean", "action_entropy")
+
+
+def learning_curves(train_dir: Path) -> dict:
+    """What RESULTS.md's figures need from a run's ``train`` directory, kept in its report (training directories are
+    not committed, so a later session redraws the figures from reports alone): the tuning evaluations, the base's,
+    and every update window's ``train/*`` metrics (LP-DS's trust region among them)."""
+    results = json.loads((train_dir / "results.json").read_text())
+    records = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines() if line]
+    keep = lambda record: {k: v for k, v in record.items() if k in CURVE_KEYS}  # noqa: E731
+    return {"history": [keep(h) for h in results["history"]], "base": keep(results["base"]),
+            "update_windows": [{k: v for k, v in r.items() if k == "env_steps" or k.startswith("train/")}
+                               for r in records if r.get("event") == "update"]}
+
+
+def write_report(run: Run, report: dict) -> None:
+    """Atomically: a reader never sees half a report."""
+    tmp = run.report_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(run.report_file)
 
 
 def execute(run: Run, protocol: dict) -> dict:
@@ -267,9 +287,8 @@ def execute(run: Run, protocol: dict) -> dict:
                                                   "evaluation_seeds", "training_env_seed", "git_commit", "versions",
                                                   "hardware")}
     report["recipe"] = recipe.to_dict()
-    tmp = run.report_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(run.report_file)
+    report["curves"] = learning_curves(Path(recipe.train.output_dir))
+    write_report(run, report)
     return report
 
 
@@ -283,30 +302,44 @@ def _mean_sd_ci(values, digits: int = 2) -> str:
     return f"{values.mean():.{digits}f} ± {sample_std(values):.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def _plots(family: str, task: str, methods: list[str], out: Path, figures: Path, page: Path) -> list[str]:
+def _plots(reports: list[dict], family: str, task: str, figures: Path, page: Path) -> list[str]:
     """Learning curves (tuning evaluations, mean and range over runs) and, for LP-DS variants, the trust region's
-    dynamics (E||Delta||^2, multiplier, violation per update window); returns markdown image lines."""
+    dynamics (E||Delta||^2, multiplier, violation per update window) from the reports' curves; returns markdown
+    image lines, each saying how many of the task's runs it draws (runs reported before reports kept their curves
+    have none)."""
     from vla_steer.training.plots import plot_seed_comparison, plot_update_windows
 
+    mine = [r for r in reports if (r["family"], r["task"]) == (family, task)]
+    drawn = [r for r in mine if "curves" in r]
     results, windows = {}, {}
-    for method in methods:
-        for run_dir in sorted((out / family / task / method).glob("*/train")):
-            if (run_dir.parent / "report.json").is_file():
-                results.setdefault(method, []).append(json.loads((run_dir / "results.json").read_text()))
-                records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-                windows.setdefault(method, []).append([r for r in records if r.get("event") == "update"])
+    for report in drawn:
+        results.setdefault(report["method"], []).append(report["curves"])
+        windows.setdefault(report["method"], []).append(report["curves"]["update_windows"])
     if not results:
         return []
+    missing = len(mine) - len(drawn)
+    caption = f"{task}, " + (f"all {len(mine)} runs" if not missing else f"{len(drawn)} of {len(mine)} runs (runs "
+                                                                         "reported before reports kept curves have none)")
     figures.mkdir(parents=True, exist_ok=True)
     name = f"{family}_{task}"
     curves = plot_seed_comparison(results, figures / f"{name}.png", f"{family}: {task} (tuning evaluations)")
-    lines = [f"![{task} learning curves]({os.path.relpath(curves, page.parent)})"]
+    lines = [f"Learning curves ({caption}):", "", f"![{task} learning curves]({os.path.relpath(curves, page.parent)})"]
     lpds = {m: runs for m, runs in windows.items() if any("train/delta_sq" in r for run in runs for r in run)}
     if lpds:
         plot = plot_update_windows(lpds, figures / f"{name}_trust_region.png",
                                    ["train/delta_sq", "train/multiplier", "train/violation"], f"{task}: LP-DS trust region")
         lines.append(f"![{task} LP-DS trust region]({os.path.relpath(plot, page.parent)})")
-    return lines
+    return lines + [""]
+
+
+def backfill_curves(run: Run) -> None:
+    """A report written before reports kept their curves gets them from the run's ``train`` directory, when this
+    machine still has it."""
+    report = json.loads(run.report_file.read_text())
+    train_dir = run.directory / "train"
+    if "curves" not in report and (train_dir / "results.json").is_file() and (train_dir / "metrics.jsonl").is_file():
+        report["curves"] = learning_curves(train_dir)
+        write_report(run, report)
 
 
 def write_results(suite: dict, path: Path, figures: Path | None = None) -> str:
@@ -314,6 +347,9 @@ def write_results(suite: dict, path: Path, figures: Path | None = None) -> str:
     figures = figures or path.parent / "benchmarks" / "suite_results"
     out = ROOT / suite.get("output_dir", "benchmarks/suite_runs")
     current = {str(run.report_file): recipe_hash(run.recipe) for run in plan(suite)}
+    for run in plan(suite):
+        if state(run) == "done":
+            backfill_curves(run)
     reports = [report for f in sorted(out.rglob("report.json"))
                if current.get(str(f)) == (report := json.loads(f.read_text())).get("recipe_hash")]  # not stale ones
     lines = ["# Results", "", "Generated by `python benchmarks/suite.py` under [the protocol](benchmarks/PROTOCOL.md): "
@@ -347,7 +383,7 @@ def write_results(suite: dict, path: Path, figures: Path | None = None) -> str:
         if spec.get("papers"):  # the published numbers for the matching tasks (other bases and budgets: context only)
             lines += [f"Published: {spec['papers'].strip()}", ""]
         for task in spec["tasks"]:
-            lines += _plots(family, task, list(spec["methods"]), out, figures, path)
+            lines += _plots(reports, family, task, figures, path)
         lines.append("")
     text = "\n".join(lines) + "\n"
     path.write_text(text)

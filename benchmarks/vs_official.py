@@ -9,8 +9,14 @@ steps. Reported per seed: env steps/s and updates/s while training (evaluation t
 wall time until the evaluated success first reaches ``--target``.
 
     python benchmarks/vs_official.py recipes/metaworld_push_dsrl_sac.yaml --seeds 0 1 2 --target 0.5
+    python benchmarks/vs_official.py recipes/metaworld_push_dsrl_sac.yaml --rules own --seeds 0 1 2 --target 0.5
 
-Matched on purpose: one learning rate for actor, critic and temperature (SB3 has one; the recipe must agree), the
+``--rules matched`` (the default) gives vla_steer SB3's learning rules, so only the implementation differs;
+``--rules own`` lets vla_steer keep the recipe's own rules (what a user of the recipe gets: no entropy term in the
+TD backup, the actor on the mean over critics, the recipe's entropy target) while everything the comparison fixes
+stays equal: task, base, envs, UTD, batch, widths, learning rates, warm-up and env steps.
+
+With ``--rules matched``: one learning rate for actor, critic and temperature (SB3 has one; the recipe must agree), the
 actor maximising the min over critics (SB3's rule; ``algorithm.actor_reduction=min``), and the entropy target.
 SB3 measures entropy on the squashed action in [-1, 1] and targets 0; vla_steer measures it on the latent
 ``bound * tanh(u)``, which adds ``log(bound)`` per dimension, so vla_steer gets ``latent_dim * log(bound)``.
@@ -184,8 +190,12 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.5, help="success rate whose first reach is timed")
     parser.add_argument("--eval-every", type=int, default=2000, help="env steps between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=20)
-    parser.add_argument("--output", type=Path, default=RESULTS / "vs_official.json")
+    parser.add_argument("--rules", choices=["matched", "own"], default="matched",
+                        help="vla_steer with SB3's learning rules (matched) or the recipe's own (own)")
+    parser.add_argument("--output", type=Path, help="default: results/vs_official.json (matched) or "
+                                                      "results/vs_official_own_rules.json (own)")
     args = parser.parse_args()
+    args.output = args.output or RESULTS / ("vs_official.json" if args.rules == "matched" else "vs_official_own_rules.json")
     torch.set_num_threads(1)
 
     from accelerate import Accelerator
@@ -194,15 +204,16 @@ def main() -> None:
     from vla_steer.pipeline import build_base
     from vla_steer.training.evaluator import Evaluator
 
-    results = {"recipe": args.recipe, "overrides": args.overrides, "target": args.target, "runs": [],
+    results = {"recipe": args.recipe, "overrides": args.overrides, "target": args.target, "rules": args.rules, "runs": [],
                "git_commit": git_commit(), "versions": package_versions(), "hardware": hardware()}
     if args.output.is_file():  # resume an interrupted measurement of the same setting
         earlier = json.loads(args.output.read_text())
-        if (earlier["recipe"], earlier["overrides"], earlier["target"]) == (args.recipe, args.overrides, args.target):
+        setting = (earlier["recipe"], earlier["overrides"], earlier["target"], earlier.get("rules", "matched"))
+        if setting == (args.recipe, args.overrides, args.target, args.rules):
             results["runs"] = earlier["runs"]
     for seed in args.seeds:
-        recipe = load_recipe(args.recipe, [*args.overrides, f"train.seed={seed}", "algorithm.name=dsrl_sac",
-                                           "algorithm.backup_entropy=true", "algorithm.actor_reduction=min",
+        sb3_rules = ["algorithm.backup_entropy=true", "algorithm.actor_reduction=min"] if args.rules == "matched" else []
+        recipe = load_recipe(args.recipe, [*args.overrides, f"train.seed={seed}", "algorithm.name=dsrl_sac", *sb3_rules,
                                            f"train.eval_episodes={args.eval_episodes}", "train.show_progress=false",
                                            f"train.output_dir=runs/vs_official/seed{seed}", "train.resume=false"])
         a = recipe.algorithm
@@ -211,9 +222,9 @@ def main() -> None:
                              "critic_lr and temperature_lr equal and discount_mode: chunk")
         base = build_base(recipe, Accelerator(cpu=True), show_progress=False)
         layout = LatentLayout.from_head(recipe.head, base.adapter.noise_shape)
-        # SB3's target of 0 nats on the squashed action is latent_dim * log(bound) nats on vla_steer's latent
-        recipe = dataclasses.replace(recipe, algorithm=dataclasses.replace(
-            a, target_entropy=layout.latent_dim * math.log(recipe.head.bound)))
+        if args.rules == "matched":  # SB3's 0 nats on the squashed action is latent_dim * log(bound) on the latent
+            recipe = dataclasses.replace(recipe, algorithm=dataclasses.replace(
+                a, target_entropy=layout.latent_dim * math.log(recipe.head.bound)))
         evaluator = Evaluator(recipe, base, layout, seed=recipe.train.eval_seed)
         evaluate = lambda head: evaluator.evaluate("policy", head)  # noqa: E731
         for design, run in (("official (SB3 SAC + noise-action wrapper)",

@@ -2,6 +2,7 @@
 saved head, on the reported seeds."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -74,6 +75,18 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     for figure in ("lander_lander.png", "lander_lander_trust_region.png"):  # learning curves, LP-DS's dynamics
         assert (tmp_path / "benchmarks" / "suite_results" / figure).stat().st_size > 10_000
         assert f"(benchmarks/suite_results/{figure})" in text
+    assert "Learning curves (lander, all 3 runs)" in text
+    # the figures are drawn from the reports: without the (uncommitted) train directories they are drawn again, and a
+    # report without curves is counted as missing from them
+    for run in runs[1:3]:
+        shutil.rmtree(run.directory / "train")
+    no_curves = json.loads(runs[2].report_file.read_text())
+    assert no_curves.pop("curves")["update_windows"][-1]["train/multiplier"] >= 0  # LP-DS's multiplier per window
+    runs[2].report_file.write_text(json.dumps(no_curves))
+    (tmp_path / "benchmarks" / "suite_results" / "lander_lander.png").unlink()
+    text = suite.write_results(spec, tmp_path / "RESULTS.md")
+    assert "Learning curves (lander, 2 of 3 runs" in text and "| lander | lpds | 3 / 6 | 80 |" in text
+    assert (tmp_path / "benchmarks" / "suite_results" / "lander_lander.png").stat().st_size > 10_000
     # a sweep point equal to a finished run elsewhere in the grid takes its report instead of training again
     spec["families"]["sweep"] = {"tasks": spec["families"]["lander"]["tasks"],
                                  "methods": {"lpds_same": {"algorithm": {"name": "lpds", "batch_size": 32}},
