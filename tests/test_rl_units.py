@@ -204,3 +204,21 @@ def test_a_buffer_too_large_for_memory_is_refused_before_allocating():
         buffer.add({"features": torch.zeros(2, 4)})
     assert buffer.storage == {} and issubclass(BufferTooLargeError, RecipeError)  # the CLI prints it as a recipe error
     ReplayBuffer(1000).add({"features": torch.zeros(2, 4)})  # a small one is fine
+
+
+def test_the_ensemble_layer_norm_is_exactly_a_layer_norm_with_an_affine_per_member_and_saves_only_that():
+    from vla_steer.steering.networks import EnsembleLayerNorm
+
+    norm = EnsembleLayerNorm(3, 64)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    x = torch.randn(3, 32, 64, requires_grad=True)
+    reference_x = x.detach().clone().requires_grad_()
+    reference = torch.nn.functional.layer_norm(reference_x, (64,)) * norm.weight + norm.bias
+    out, grad = norm(x), torch.randn(3, 32, 64)
+    assert torch.equal(out, reference)  # bit for bit: the speed-up (an identity affine inside) changes no value
+    grads = torch.autograd.grad(out, [x, norm.weight], grad)
+    reference_grad = torch.autograd.grad(reference, [reference_x, norm.weight], grad)
+    assert all(torch.equal(a, b) for a, b in zip(grads, reference_grad))
+    assert set(norm.state_dict()) == {"weight", "bias"}  # the head format is unchanged

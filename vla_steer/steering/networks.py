@@ -111,13 +111,19 @@ class EnsembleLinear(nn.Module):
 
 
 class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the last dim with an affine of its own per ensemble member: ``[E, B, dim] -> [E, B, dim]``."""
+
     def __init__(self, ensemble_size: int, dim: int):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ensemble_size, 1, dim))
         self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, dim))
+        # F.layer_norm's kernels with an affine run about twice as fast on a CPU as without one (forward and backward);
+        # an identity affine changes no bit of the result. Not saved: heads keep their tensors.
+        self.register_buffer("identity_weight", torch.ones(dim), persistent=False)
+        self.register_buffer("identity_bias", torch.zeros(dim), persistent=False)
 
     def forward(self, x):
-        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+        return F.layer_norm(x, x.shape[-1:], self.identity_weight, self.identity_bias) * self.weight + self.bias
 
 
 class CriticEnsemble(nn.Module):
