@@ -6,7 +6,7 @@ Fills one replay buffer with prior-noise rollouts, then times ``--updates`` upda
 on it, interleaving the algorithms in rounds so that load from other jobs hits them alike. Reported as
 updates/s and as a ratio to DSRL-SAC (the cheapest: it never decodes during an update); only the ratios
 are meant to carry over to another machine. Also the arithmetic: GFLOP per update (torch's FlopCounterMode) times
-updates/s, against this thread's fp32 matmul rate at the update's sizes, measured in the same run.
+updates/s, against this thread's fp32 matmul rate at the update's sizes, measured in the same rounds.
 Writes ``benchmarks/results/update_speed.json``.
 """
 
@@ -46,9 +46,9 @@ def update_flops(algo, batch) -> int:
     return counter.get_total_flops()
 
 
-def matmul_peak_gflops(batch: int, width: int, seconds: float = 2.0) -> float:
-    """This thread's fp32 matmul rate at the update's sizes ([batch, width] x [width, width]), the ceiling the
-    update's arithmetic can reach here."""
+def matmul_flops_and_seconds(batch: int, width: int, seconds: float = 1.0) -> tuple[float, float]:
+    """fp32 matmuls at the update's sizes ([batch, width] x [width, width]) for about ``seconds``: (FLOP, seconds).
+    Their rate is the ceiling the update's arithmetic can reach on this thread."""
     a, b = torch.randn(batch, width), torch.randn(width, width)
     for _ in range(10):
         a @ b
@@ -57,7 +57,7 @@ def matmul_peak_gflops(batch: int, width: int, seconds: float = 2.0) -> float:
         for _ in range(50):
             a @ b
         count += 50
-    return 2 * batch * width * width * count / (time.perf_counter() - start) / 1e9
+    return 2 * batch * width * width * count, time.perf_counter() - start
 
 
 def main() -> None:
@@ -83,8 +83,12 @@ def main() -> None:
         algorithms[name] = build_algorithm(cfg, recipe.head, trainer.adapter, trainer.layout, trainer.accelerator)
     generator = torch.Generator().manual_seed(0)
     seconds = {name: 0.0 for name in algorithms}
+    matmul_flops, matmul_seconds = 0.0, 0.0
     per_round = max(1, args.updates // args.rounds)
     for _ in range(args.rounds):
+        # the ceiling is measured in every round beside the updates, so that load from other jobs hits both alike
+        flops_, seconds_ = matmul_flops_and_seconds(recipe.algorithm.batch_size, recipe.head.hidden_dim)
+        matmul_flops, matmul_seconds = matmul_flops + flops_, matmul_seconds + seconds_
         for name, algo in algorithms.items():
             algo.update(trainer.buffer.sample(recipe.algorithm.batch_size, generator))  # warm caches / allocator
             start = time.perf_counter()
@@ -96,7 +100,7 @@ def main() -> None:
     rates = {name: timed / s for name, s in seconds.items()}
     batch = trainer.buffer.sample(recipe.algorithm.batch_size, generator)
     flops = {name: update_flops(algo, batch) for name, algo in algorithms.items()}
-    peak = matmul_peak_gflops(recipe.algorithm.batch_size, recipe.head.hidden_dim)
+    peak = matmul_flops / matmul_seconds / 1e9
     result = {
         "recipe": args.recipe, "overrides": args.overrides, "batch_size": recipe.algorithm.batch_size,
         "base": {"type": recipe.base.type, "hidden_dim": recipe.base.hidden_dim, "num_inference_steps": recipe.base.num_inference_steps},
