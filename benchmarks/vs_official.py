@@ -217,6 +217,33 @@ def comparison(results: dict) -> dict:
     return out
 
 
+def plot(results: dict, path: Path) -> Path:
+    """Success (tuning evaluations) against training seconds and env steps, one line per design and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    colors = {}
+    for run in results["runs"]:
+        color = colors.setdefault(run["design"], f"C{len(colors)}")
+        for ax, x in zip(axes, ("train_seconds", "env_steps")):
+            ax.plot([p[x] for p in run["curve"]], [p["success_rate"] for p in run["curve"]], color=color, alpha=0.8,
+                    label=run["design"] if run["seed"] == results["runs"][0]["seed"] else None)
+    for ax, label in zip(axes, ("training seconds (one thread)", "env steps")):
+        ax.axhline(results["target"], color="gray", ls="--")
+        ax.set_xlabel(label)
+        ax.set_ylabel("success (20 tuning episodes)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"DSRL-SAC, official design vs vla_steer ({results.get('rules', 'matched')} rules), one line per seed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe")
@@ -276,6 +303,7 @@ def main() -> None:
             args.output.write_text(json.dumps(results, indent=2))
     results["comparison"] = comparison(results)
     args.output.write_text(json.dumps(results, indent=2))
+    plot(results, args.output.with_suffix(".png"))
     print(json.dumps(results["comparison"].get("official_over_vla_steer_seconds"), indent=1))
     print(f"results: {args.output}")
 
