@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -257,6 +258,32 @@ def write_report(run: Run, report: dict) -> None:
     tmp.replace(run.report_file)
 
 
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """A digest of every source file of the vla_steer package (what the evaluation's numbers depend on)."""
+    import vla_steer
+
+    digest = hashlib.sha256()
+    package = Path(vla_steer.__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def base_evaluation_file(recipe, results: dict, protocol: dict) -> Path:
+    """Where the reported evaluation of a run's base is kept, to be shared by every method and steering seed on that
+    base. The base's evaluation is a function of the base, the env, the evaluation settings, the reported seeds and
+    the code (it seeds its start states and prior draws from the evaluation seed, and reads no head), so the key
+    holds exactly those, the code as a digest of the package's sources; a report's base numbers are the same whether
+    computed or read back."""
+    t = recipe.train
+    key = {"base": results["base_policy"]["fingerprint"], "env": recipe.to_dict()["env"],
+           "eval": [t.eval_num_envs, t.entropy_states, t.entropy_draws],
+           "seed": protocol["report_eval_seed"], "episodes": protocol["report_episodes"], "code": source_digest()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return Path(recipe.train.cache_dir).expanduser() / "base_evaluations" / f"{digest}.json"
+
+
 def execute(run: Run, protocol: dict) -> dict:
     """Train (or resume) the run, then evaluate the saved head and its base on the reported seeds."""
     import dataclasses
@@ -279,7 +306,16 @@ def execute(run: Run, protocol: dict) -> dict:
               "reported_evaluation_seeds": [protocol["report_eval_seed"] + i for i in range(train.eval_num_envs)],
               "reported_episodes": episodes}
     for label, mode in (("base", "base"), ("steered", "policy")):
-        metrics = evaluator.evaluate(mode, trainer.algo)
+        cache = base_evaluation_file(evaluator.recipe, results, protocol) if mode == "base" else None
+        if cache is not None and cache.is_file():
+            metrics = json.loads(cache.read_text())
+        else:
+            metrics = evaluator.evaluate(mode, trainer.algo)
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # two suite processes may evaluate the same base
+                tmp.write_text(json.dumps(metrics))
+                tmp.replace(cache)
         successes = round(metrics["success_rate"] * metrics["episodes"])
         report[label] = {**metrics, "successes": successes,
                          "success_wilson95": wilson_interval(successes, int(metrics["episodes"]))}

@@ -57,9 +57,12 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     runs = suite.plan(spec)
     assert [(r.base, r.seed) for r in runs] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]  # one method
     assert len({json.dumps(r.recipe["demos"]) for r in runs}) == 3  # three demonstration sets, one per base
+    base_evaluations = tmp_path / "runs" / "cache" / "base_evaluations"
     for run in runs[:3]:
         lock = suite.claim(run)
         assert lock is not None and suite.claim(run) is None and suite.state(run) == "running"  # others skip it
+        if run is runs[1]:  # evaluate base 0 afresh for the second seed: the cached evaluation must equal it
+            shutil.rmtree(base_evaluations)
         report = suite.execute(run, spec["protocol"])
         lock.close()
         assert suite.state(run) == "done"
@@ -70,6 +73,10 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     bases = {run.base: json.loads(run.report_file.read_text())["training"]["base_policy"]["fingerprint"]["weights"]
              for run in runs[:3]}
     assert bases[0] != bases[1]  # another base, not the same one reused
+    # the base's reported evaluation depends on the base alone (not the steering seed): computed twice, the same
+    # numbers; one cached evaluation per base, shared by its runs
+    first, second = (json.loads(run.report_file.read_text())["base"] for run in runs[:2])
+    assert first == second and len(list(base_evaluations.glob("*.json"))) == 2
     text = suite.write_results(spec, tmp_path / "RESULTS.md")
     assert "| lander | lpds | 3 / 6 | 80 |" in text
     for figure in ("lander_lander.png", "lander_lander_trust_region.png"):  # learning curves, LP-DS's dynamics
