@@ -82,7 +82,7 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     for figure in ("lander_lander.png", "lander_lander_trust_region.png"):  # learning curves, LP-DS's dynamics
         assert (tmp_path / "benchmarks" / "suite_results" / figure).stat().st_size > 10_000
         assert f"(benchmarks/suite_results/{figure})" in text
-    assert "Learning curves (lander, all 3 runs)" in text
+    assert "Learning curves (lander, all 3 reported runs)" in text
     # the figures are drawn from the reports: without the (uncommitted) train directories they are drawn again, and a
     # report without curves is counted as missing from them
     for run in runs[1:3]:
@@ -92,7 +92,7 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     runs[2].report_file.write_text(json.dumps(no_curves))
     (tmp_path / "benchmarks" / "suite_results" / "lander_lander.png").unlink()
     text = suite.write_results(spec, tmp_path / "RESULTS.md")
-    assert "Learning curves (lander, 2 of 3 runs" in text and "| lander | lpds | 3 / 6 | 80 |" in text
+    assert "Learning curves (lander, 2 of 3 reported runs" in text and "| lander | lpds | 3 / 6 | 80 |" in text
     assert (tmp_path / "benchmarks" / "suite_results" / "lander_lander.png").stat().st_size > 10_000
     # a sweep point equal to a finished run elsewhere in the grid takes its report instead of training again
     spec["families"]["sweep"] = {"tasks": spec["families"]["lander"]["tasks"],
