@@ -83,6 +83,10 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
         assert (tmp_path / "benchmarks" / "suite_results" / figure).stat().st_size > 10_000
         assert f"(benchmarks/suite_results/{figure})" in text
     assert "Learning curves (lander, all 3 reported runs)" in text
+    glance = next(line for line in text.splitlines() if line.startswith("| lander | lpds | 3 / 6 |"))
+    lifts = [json.loads(r.report_file.read_text()) for r in runs[:3]]
+    lifted = suite.t_interval([r["steered"]["success_rate"] - r["base"]["success_rate"] for r in lifts])[0] > 0
+    assert glance.split(" | ")[3:5] == ["1", str(int(lifted))]  # one task with 2+ runs, judged by its interval
     # the figures are drawn from the reports: without the (uncommitted) train directories they are drawn again, and a
     # report without curves is counted as missing from them
     for run in runs[1:3]:
