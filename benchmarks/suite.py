@@ -251,12 +251,17 @@ def learning_curves(train_dir: Path) -> dict:
                                for r in records if r.get("event") == "update"]}
 
 
+def write_json(path: Path, value) -> None:
+    """Atomically: a reader never sees half a file (the scratch name is per process: two suite processes may write
+    the same report or base evaluation)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    tmp.replace(path)
+
+
 def write_report(run: Run, report: dict) -> None:
-    """Atomically: a reader never sees half a report (the scratch name is per process: two suite processes may
-    backfill the same report)."""
-    tmp = run.report_file.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(run.report_file)
+    write_json(run.report_file, report)
 
 
 @functools.lru_cache(maxsize=1)
@@ -285,6 +290,16 @@ def base_evaluation_file(recipe, results: dict, protocol: dict) -> Path:
     return Path(recipe.train.cache_dir).expanduser() / "base_evaluations" / f"{digest}.json"
 
 
+def evaluate_base(evaluator, results: dict, protocol: dict) -> dict:
+    """The base's reported evaluation, read from :func:`base_evaluation_file` when another run on this base made it."""
+    cache = base_evaluation_file(evaluator.recipe, results, protocol)
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    metrics = evaluator.evaluate("base")
+    write_json(cache, metrics)
+    return metrics
+
+
 def execute(run: Run, protocol: dict) -> dict:
     """Train (or resume) the run, then evaluate the saved head and its base on the reported seeds."""
     import dataclasses
@@ -306,17 +321,8 @@ def execute(run: Run, protocol: dict) -> dict:
               "steer_seed": run.seed, "budget": recipe.train.total_env_steps, "recipe_hash": recipe_hash(run.recipe),
               "reported_evaluation_seeds": [protocol["report_eval_seed"] + i for i in range(train.eval_num_envs)],
               "reported_episodes": episodes}
-    for label, mode in (("base", "base"), ("steered", "policy")):
-        cache = base_evaluation_file(evaluator.recipe, results, protocol) if mode == "base" else None
-        if cache is not None and cache.is_file():
-            metrics = json.loads(cache.read_text())
-        else:
-            metrics = evaluator.evaluate(mode, trainer.algo)
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # two suite processes may evaluate the same base
-                tmp.write_text(json.dumps(metrics))
-                tmp.replace(cache)
+    for label, metrics in (("base", evaluate_base(evaluator, results, protocol)),
+                           ("steered", evaluator.evaluate("policy", trainer.algo))):
         successes = round(metrics["success_rate"] * metrics["episodes"])
         report[label] = {**metrics, "successes": successes,
                          "success_wilson95": wilson_interval(successes, int(metrics["episodes"]))}
@@ -382,6 +388,12 @@ def backfill_curves(run: Run) -> None:
         write_report(run, report)
 
 
+def _primary_metric(spec: dict) -> str:
+    """The metric a family's intervals are about: ``return_mean`` for ``metric: return`` (tasks without a success
+    notion), else ``success_rate``."""
+    return "return_mean" if spec.get("metric") == "return" else "success_rate"
+
+
 def _at_a_glance(suite: dict, reports: list[dict], planned: list[Run]) -> list[str]:
     """One row per family and method: on how many tasks the paired lift's 95% t-interval lies above 0 or below 0 (a
     task needs 2 runs for an interval), the mean lift over tasks, and the mean change of action entropy and drift."""
@@ -391,7 +403,7 @@ def _at_a_glance(suite: dict, reports: list[dict], planned: list[Run]) -> list[s
              "| family | method | reported runs | tasks with 2+ runs | lifted | hurt | mean lift over tasks | "
              "entropy change (nats) | drift |", "|---|---|---|---|---|---|---|---|---|"]
     for family, spec in suite["families"].items():
-        key = "return_mean" if spec.get("metric") == "return" else "success_rate"
+        key = _primary_metric(spec)
         for method in spec["methods"]:
             runs = [r for r in reports if (r["family"], r["method"]) == (family, method)]
             expected = sum(1 for r in planned if (r.family, r.method) == (family, method))
@@ -423,8 +435,8 @@ def write_results(suite: dict, path: Path, figures: Path | None = None) -> str:
              "[95% t-interval] over runs (bases x steering seeds); lift = steered minus its own base, paired.", ""]
     lines += _at_a_glance(suite, reports, planned)
     for family, spec in suite["families"].items():
-        # the family's primary metric (``metric: return`` for tasks without a success notion) gets the intervals
-        key, other = (("return_mean", "success_rate") if spec.get("metric") == "return" else ("success_rate", "return_mean"))
+        key = _primary_metric(spec)  # gets the intervals; the other metric is shown as base -> steered
+        other = "success_rate" if key == "return_mean" else "return_mean"
         label, other_label, digits = ("return", "success", 1) if key == "return_mean" else ("success", "return", 2)
         lines += [f"## {spec.get('title', family)}", ""]
         lines += [f"| task | method | runs | env steps | base {label} | steered {label} | lift ({label}) | "
