@@ -122,3 +122,15 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     spec["families"]["lander"]["methods"]["lpds"]["algorithm"]["batch_size"] = 16
     assert [suite.state(run) for run in suite.plan(spec)][:4] == ["stale", "stale", "stale", "todo"]
     assert "| lander | lpds | 0 / 6 |" in suite.write_results(spec, tmp_path / "RESULTS.md")
+
+
+def test_at_a_glance_counts_tasks_by_where_their_lift_interval_lies(tmp_path):
+    spec = tiny_suite(tmp_path)
+    spec["families"]["lander"]["tasks"] = {t: {"recipe": "unused", "budget": 80} for t in ("up", "down", "mixed", "one")}
+    lifts = {"up": [0.30, 0.32, 0.35], "down": [-0.20, -0.25, -0.22], "mixed": [0.10, -0.10], "one": [0.5]}
+    reports = [{"family": "lander", "method": "lpds", "task": task, "base": {"success_rate": 0.2, "action_entropy": 1.0},
+                "steered": {"success_rate": 0.2 + lift, "action_entropy": 0.5, "action_drift": 0.1}}
+               for task, values in lifts.items() for lift in values]
+    row = suite._at_a_glance(spec, reports, planned=[])[6]
+    cells = row.split(" | ")
+    assert cells[2:8] == ["9 / 0", "3", "1", "1", "+0.03", "-0.50"]  # up lifted, down hurt; mean of the 3 judged tasks
