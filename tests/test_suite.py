@@ -78,7 +78,7 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     first, second = (json.loads(run.report_file.read_text())["base"] for run in runs[:2])
     assert first == second and len(list(base_evaluations.glob("*.json"))) == 2
     text = suite.write_results(spec, tmp_path / "RESULTS.md")
-    assert "| lander | lpds | 3 / 6 | 80 |" in text
+    assert "| lander | lpds | 3 / 6 | 2 | 80 |" in text  # bases 0 and 1, one build each
     for figure in ("lander_lander.png", "lander_lander_trust_region.png"):  # learning curves, LP-DS's dynamics
         assert (tmp_path / "benchmarks" / "suite_results" / figure).stat().st_size > 10_000
         assert f"(benchmarks/suite_results/{figure})" in text
@@ -94,9 +94,13 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     no_curves = json.loads(runs[2].report_file.read_text())
     assert no_curves.pop("curves")["update_windows"][-1]["train/multiplier"] >= 0  # LP-DS's multiplier per window
     runs[2].report_file.write_text(json.dumps(no_curves))
+    # base 0 rebuilt on another CPU for its second seed (other weights from the same seeds): the row says so
+    rebuilt = json.loads(runs[1].report_file.read_text())
+    rebuilt["training"]["base_policy"]["fingerprint"]["weights"] = "0" * 64
+    runs[1].report_file.write_text(json.dumps(rebuilt))
     (tmp_path / "benchmarks" / "suite_results" / "lander_lander.png").unlink()
     text = suite.write_results(spec, tmp_path / "RESULTS.md")
-    assert "Learning curves (lander, 2 of 3 reported runs" in text and "| lander | lpds | 3 / 6 | 80 |" in text
+    assert "Learning curves (lander, 2 of 3 reported runs" in text and "| lander | lpds | 3 / 6 | 2 (3 builds) | 80 |" in text
     assert (tmp_path / "benchmarks" / "suite_results" / "lander_lander.png").stat().st_size > 10_000
     # a sweep point equal to a finished run elsewhere in the grid takes its report instead of training again
     spec["families"]["sweep"] = {"tasks": spec["families"]["lander"]["tasks"],
