@@ -6,8 +6,10 @@ Fills one replay buffer with prior-noise rollouts, then times ``--updates`` upda
 on it, interleaving the algorithms in rounds so that load from other jobs hits them alike. Reported as
 updates/s and as a ratio to DSRL-SAC (the cheapest: it never decodes during an update); only the ratios
 are meant to carry over to another machine. Also the arithmetic: GFLOP per update (torch's FlopCounterMode) times
-updates/s, against this thread's fp32 matmul rate at the update's sizes, measured in the same rounds.
-Writes ``benchmarks/results/update_speed.json``.
+updates/s, against this thread's fp32 matmul rate at the update's sizes, measured in the same rounds; and the share of
+an update's time its own matmuls take when replayed alone (same shapes, strides and operands, in the same rounds):
+what is left is the elementwise work around them.
+Writes ``benchmarks/results/update_speed.json`` (or ``--output``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,29 @@ def update_flops(algo, batch) -> int:
     return counter.get_total_flops()
 
 
+MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.bmm.default, torch.ops.aten.addmm.default,
+            torch.ops.aten.baddbmm.default}
+
+
+def recorded_matmuls(algo, batch) -> list:
+    """Every matmul one update calls, with copies of its operands (the update runs on a copy of the algorithm)."""
+    import copy
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in MATMULS:  # clone() keeps the strides: a transposed operand stays transposed
+                calls.append((func, [a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args], kwargs or {}))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        copy.deepcopy(algo).update(batch)
+    return calls
+
+
 def matmul_flops_and_seconds(batch: int, width: int, seconds: float = 1.0) -> tuple[float, float]:
     """fp32 matmuls at the update's sizes ([batch, width] x [width, width]) for about ``seconds``: (FLOP, seconds).
     Their rate is the ceiling the update's arithmetic can reach on this thread."""
@@ -67,6 +92,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=300, help="timed updates per algorithm")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds the updates are split into")
     parser.add_argument("--fill-env-steps", type=int, default=2000, help="prior-noise env steps in the buffer")
+    parser.add_argument("--output", type=Path, default=RESULTS / "update_speed.json")
     args = parser.parse_args()
 
     recipe = load_recipe(args.recipe, args.overrides + ["train.show_progress=false", "train.resume=false",
@@ -83,6 +109,9 @@ def main() -> None:
         algorithms[name] = build_algorithm(cfg, recipe.head, trainer.adapter, trainer.layout, trainer.accelerator)
     generator = torch.Generator().manual_seed(0)
     seconds = {name: 0.0 for name in algorithms}
+    matmuls = {name: recorded_matmuls(algo, trainer.buffer.sample(recipe.algorithm.batch_size, generator))
+               for name, algo in algorithms.items()}
+    matmul_seconds_of = {name: 0.0 for name in algorithms}
     matmul_flops, matmul_seconds = 0.0, 0.0
     per_round = max(1, args.updates // args.rounds)
     for _ in range(args.rounds):
@@ -95,6 +124,11 @@ def main() -> None:
             for _ in range(per_round):
                 algo.update(trainer.buffer.sample(recipe.algorithm.batch_size, generator))
             seconds[name] += time.perf_counter() - start
+            start = time.perf_counter()
+            for _ in range(per_round):
+                for func, operands, kwargs in matmuls[name]:
+                    func(*operands, **kwargs)
+            matmul_seconds_of[name] += time.perf_counter() - start
 
     timed = per_round * args.rounds
     rates = {name: timed / s for name, s in seconds.items()}
@@ -110,16 +144,19 @@ def main() -> None:
         "achieved_gflop_per_s": {name: flops[name] * rates[name] / 1e9 for name in rates},
         "matmul_peak_gflop_per_s": peak,
         "fraction_of_peak": {name: flops[name] * rates[name] / 1e9 / peak for name in rates},
+        "matmuls_per_update": {name: len(calls) for name, calls in matmuls.items()},
+        "matmul_share_of_update": {name: matmul_seconds_of[name] / seconds[name] for name in rates},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "update_speed.json").write_text(json.dumps(result, indent=2))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2))
     width = max(map(len, rates))
     for name, rate in rates.items():
         achieved = result["achieved_gflop_per_s"][name]
         print(f"{name:<{width}}  {rate:7.1f} updates/s   x{rate / rates['dsrl_sac']:.2f} of dsrl_sac   "
               f"{flops[name] / 1e9:.2f} GFLOP/update = {achieved:.1f} GFLOP/s ({achieved / peak:.0%} of the "
-              f"{peak:.1f} GFLOP/s matmul peak)")
-    print(f"{timed} timed updates each -> {RESULTS / 'update_speed.json'}")
+              f"{peak:.1f} GFLOP/s matmul peak); its {len(matmuls[name])} matmuls alone take "
+              f"{result['matmul_share_of_update'][name]:.0%} of its time")
+    print(f"{timed} timed updates each -> {args.output}")
 
 
 if __name__ == "__main__":
