@@ -429,6 +429,56 @@ def _at_a_glance(suite: dict, reports: list[dict], planned: list[Run]) -> list[s
     return lines + ["", "Lifts are in success rate, or in return for families whose metric is return.", ""]
 
 
+def _lift_figure(suite: dict, reports: list[dict], figures: Path, page: Path) -> list[str]:
+    """One panel per family: each task's paired lift per method, mean with its 95% t-interval (a hollow marker where
+    a single run gives no interval), and 0 marked; returns the markdown lines that show it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = [(f, spec) for f, spec in suite["families"].items() if any(r["family"] == f for r in reports)]
+    if not families:
+        return []
+    heights = [max(1.2, 0.5 * len(spec["tasks"]) * (1 + 0.15 * len(spec["methods"]))) for _, spec in families]
+    fig, axes = plt.subplots(len(families), 1, figsize=(8, sum(heights) + 0.9 * len(families)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (family, spec) in zip(axes[:, 0], families):
+        key = _primary_metric(spec)
+        methods, tasks = list(spec["methods"]), list(spec["tasks"])
+        for m, method in enumerate(methods):
+            offset = (m - (len(methods) - 1) / 2) * 0.8 / max(len(methods), 1)
+            for t, task in enumerate(tasks):
+                lifts = np.array([r["steered"][key] - r["base"][key] for r in reports
+                                  if (r["family"], r["task"], r["method"]) == (family, task, method)])
+                if not len(lifts):
+                    continue
+                y, color = t + offset, f"C{m}"
+                if len(lifts) >= 2:
+                    low, high = t_interval(lifts)
+                    ax.errorbar(lifts.mean(), y, xerr=[[lifts.mean() - low], [high - lifts.mean()]], fmt="o",
+                                color=color, capsize=3)
+                else:
+                    ax.plot(lifts.mean(), y, "o", mfc="none", color=color)
+                ax.annotate(f"n={len(lifts)}", (lifts.mean(), y), textcoords="offset points", xytext=(4, 3), fontsize=6)
+        for m, method in enumerate(methods):  # one legend entry per method, whatever its runs
+            ax.plot([], [], "o", color=f"C{m}", label=method)
+        ax.axvline(0, color="gray", lw=1)
+        ax.set_yticks(range(len(tasks)), tasks)
+        ax.set_ylim(len(tasks) - 0.5, -0.5)
+        ax.set_xlabel(f"paired lift in {'return' if key == 'return_mean' else 'success rate'} (steered - its base)")
+        ax.set_title(spec.get("title", family).split(" (")[0], fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    figures.mkdir(parents=True, exist_ok=True)
+    figure = figures / "lifts.png"
+    fig.savefig(figure, dpi=110)
+    plt.close(fig)
+    return [f"![paired lift per task and method]({os.path.relpath(figure, page.parent)})", "",
+            "Filled markers: mean lift with its 95% t-interval over runs; hollow: a single run (no interval).", ""]
+
+
 def write_results(suite: dict, path: Path, figures: Path | None = None) -> str:
     """RESULTS.md at ``path`` from every finished run's report, with its figures in ``figures``."""
     figures = figures or path.parent / "benchmarks" / "suite_results"
@@ -446,6 +496,7 @@ def write_results(suite: dict, path: Path, figures: Path | None = None) -> str:
              "the demonstration/BC seeds a row's runs use, and in brackets how many distinct weights they had where a "
              "base was rebuilt on another CPU (PROTOCOL.md, base builds).", ""]
     lines += _at_a_glance(suite, reports, planned)
+    lines += _lift_figure(suite, reports, figures, path)
     for family, spec in suite["families"].items():
         key = _primary_metric(spec)  # gets the intervals; the other metric is shown as base -> steered
         other = "success_rate" if key == "return_mean" else "return_mean"

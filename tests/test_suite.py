@@ -79,7 +79,7 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     assert first == second and len(list(base_evaluations.glob("*.json"))) == 2
     text = suite.write_results(spec, tmp_path / "RESULTS.md")
     assert "| lander | lpds | 3 / 6 | 2 | 80 |" in text  # bases 0 and 1, one build each
-    for figure in ("lander_lander.png", "lander_lander_trust_region.png"):  # learning curves, LP-DS's dynamics
+    for figure in ("lander_lander.png", "lander_lander_trust_region.png", "lifts.png"):  # curves, LP-DS, lifts
         assert (tmp_path / "benchmarks" / "suite_results" / figure).stat().st_size > 10_000
         assert f"(benchmarks/suite_results/{figure})" in text
     assert "Learning curves (lander, all 3 reported runs)" in text
