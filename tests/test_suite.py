@@ -1,5 +1,5 @@
 """The evidence suite (benchmarks/suite.py) enforces benchmarks/PROTOCOL.md and produces a report per run from the
-saved head, on the reported seeds."""
+saved head, on the reported seeds; RESULTS.md (benchmarks/results_page.py) is drawn from those reports."""
 
 import json
 import shutil
@@ -11,7 +11,9 @@ import yaml
 from conftest import tiny_recipe_dict
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import results_page  # noqa: E402
 import suite  # noqa: E402
+from intervals import t_interval  # noqa: E402
 
 
 def tiny_suite(tmp_path: Path, **protocol) -> dict:
@@ -77,7 +79,7 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     # numbers; one cached evaluation per base, shared by its runs
     first, second = (json.loads(run.report_file.read_text())["base"] for run in runs[:2])
     assert first == second and len(list(base_evaluations.glob("*.json"))) == 2
-    text = suite.write_results(spec, tmp_path / "RESULTS.md")
+    text = results_page.write_results(spec, tmp_path / "RESULTS.md")
     assert "| lander | lpds | 3 / 6 | 2 | 80 |" in text  # bases 0 and 1, one build each
     for figure in ("lander_lander.png", "lander_lander_trust_region.png", "lifts.png"):  # curves, LP-DS, lifts
         assert (tmp_path / "benchmarks" / "suite_results" / figure).stat().st_size > 10_000
@@ -85,7 +87,7 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     assert "Learning curves (lander, all 3 reported runs)" in text
     glance = next(line for line in text.splitlines() if line.startswith("| lander | lpds | 3 / 6 |"))
     lifts = [json.loads(r.report_file.read_text()) for r in runs[:3]]
-    lifted = suite.t_interval([r["steered"]["success_rate"] - r["base"]["success_rate"] for r in lifts])[0] > 0
+    lifted = t_interval([r["steered"]["success_rate"] - r["base"]["success_rate"] for r in lifts])[0] > 0
     assert glance.split(" | ")[3:5] == ["1", str(int(lifted))]  # one task with 2+ runs, judged by its interval
     # the figures are drawn from the reports: without the (uncommitted) train directories they are drawn again, and a
     # report without curves is counted as missing from them
@@ -99,7 +101,7 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     rebuilt["training"]["base_policy"]["fingerprint"]["weights"] = "0" * 64
     runs[1].report_file.write_text(json.dumps(rebuilt))
     (tmp_path / "benchmarks" / "suite_results" / "lander_lander.png").unlink()
-    text = suite.write_results(spec, tmp_path / "RESULTS.md")
+    text = results_page.write_results(spec, tmp_path / "RESULTS.md")
     assert "Learning curves (lander, 2 of 3 reported runs" in text and "| lander | lpds | 3 / 6 | 2 (3 builds) | 80 |" in text
     assert (tmp_path / "benchmarks" / "suite_results" / "lander_lander.png").stat().st_size > 10_000
     # a sweep point equal to a finished run elsewhere in the grid takes its report instead of training again
@@ -118,14 +120,14 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     del spec["families"]["sweep"]
     # a family without a success notion reports returns with intervals, and the papers' numbers under its table
     spec["families"]["lander"].update(metric="return", papers="Paper X: 200 on this task.")
-    text = suite.write_results(spec, tmp_path / "RESULTS.md")
+    text = results_page.write_results(spec, tmp_path / "RESULTS.md")
     assert "| base return | steered return | lift (return) | success (base -> steered) |" in text
     assert "Published: Paper X: 200 on this task." in text
     del spec["families"]["lander"]["metric"], spec["families"]["lander"]["papers"]
     # editing a method after its runs finished: they are stale, and left out of the results
     spec["families"]["lander"]["methods"]["lpds"]["algorithm"]["batch_size"] = 16
     assert [suite.state(run) for run in suite.plan(spec)][:4] == ["stale", "stale", "stale", "todo"]
-    assert "| lander | lpds | 0 / 6 |" in suite.write_results(spec, tmp_path / "RESULTS.md")
+    assert "| lander | lpds | 0 / 6 |" in results_page.write_results(spec, tmp_path / "RESULTS.md")
 
 
 def test_at_a_glance_counts_tasks_by_where_their_lift_interval_lies(tmp_path):
@@ -135,6 +137,6 @@ def test_at_a_glance_counts_tasks_by_where_their_lift_interval_lies(tmp_path):
     reports = [{"family": "lander", "method": "lpds", "task": task, "base": {"success_rate": 0.2, "action_entropy": 1.0},
                 "steered": {"success_rate": 0.2 + lift, "action_entropy": 0.5, "action_drift": 0.1}}
                for task, values in lifts.items() for lift in values]
-    row = suite._at_a_glance(spec, reports, planned=[])[6]
+    row = results_page._at_a_glance(spec, reports, planned=[])[6]
     cells = row.split(" | ")
     assert cells[2:8] == ["9 / 0", "3", "1", "1", "+0.03", "-0.50"]  # up lifted, down hurt; mean of the 3 judged tasks
