@@ -16,12 +16,24 @@ from intervals import sample_std, t_interval
 from suite import ROOT, Run, backfill_curves, plan, primary_metric, recipe_hash, state
 
 
-def _mean_sd_ci(values, digits: int = 2) -> str:
+def _mean_sd_ci(values, digits: int = 2, wilson: list[float] | None = None) -> str:
+    """Mean ± sample std [95% t-interval] over runs; one run: its value, with its Wilson interval when it is a
+    success rate (``wilson``)."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:  # no spread from one run
-        return f"{values.mean():.{digits}f} (n = 1)"
+        within = f" [{wilson[0]:.{digits}f}, {wilson[1]:.{digits}f}] Wilson" if wilson else ""
+        return f"{values.mean():.{digits}f}{within} (n = 1)"
     low, high = t_interval(values)
     return f"{values.mean():.{digits}f} ± {sample_std(values):.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def base_mean_lifts(runs: list[dict], key: str) -> dict[int, float]:
+    """Each base's mean paired lift over its steering seeds: the unit a claim about a task rests on (runs on one
+    base share it, so they are not independent draws of the method's effect)."""
+    by_base: dict[int, list[float]] = {}
+    for r in runs:
+        by_base.setdefault(r["base_seed"], []).append(r["steered"][key] - r["base"][key])
+    return {base: float(np.mean(lifts)) for base, lifts in sorted(by_base.items())}
 
 
 def _plots(reports: list[dict], family: str, task: str, figures: Path, page: Path) -> list[str]:
@@ -67,26 +79,30 @@ def _bases_and_builds(runs: list[dict]) -> str:
 def _at_a_glance(suite: dict, reports: list[dict], planned: list[Run]) -> list[str]:
     """One row per family and method: on how many tasks the paired lift's 95% t-interval lies above 0 or below 0 (a
     task needs 2 runs for an interval), the mean lift over tasks, and the mean change of action entropy and drift."""
-    lines = ["## At a glance", "", "Per family and method: tasks whose paired lift has its 95% t-interval above 0 "
-             "(lifted) or below 0 (hurt), among the tasks with at least 2 reported runs; the mean lift over those "
-             "tasks; entropy change and drift averaged over all reported runs.", "",
-             "| family | method | reported runs | tasks with 2+ runs | lifted | hurt | mean lift over tasks | "
+    lines = ["## At a glance", "", "Per family and method: tasks whose lift has its 95% t-interval above 0 (lifted) "
+             "or below 0 (hurt), judged on the tasks with runs on at least 2 bases, the interval taken over the "
+             "bases' mean lifts (each base's steering seeds averaged first: the protocol's claim is about the method "
+             "on a task, not one base); the mean lift over those tasks; entropy change and drift averaged over all "
+             "reported runs.", "",
+             "| family | method | reported runs | tasks on 2+ bases | lifted | hurt | mean lift over those tasks | "
              "entropy change (nats) | drift |", "|---|---|---|---|---|---|---|---|---|"]
     for family, spec in suite["families"].items():
         key = primary_metric(spec)
         for method in spec["methods"]:
             runs = [r for r in reports if (r["family"], r["method"]) == (family, method)]
             expected = sum(1 for r in planned if (r.family, r.method) == (family, method))
-            lifts = {task: [r["steered"][key] - r["base"][key] for r in runs if r["task"] == task] for task in spec["tasks"]}
-            judged = {task: t_interval(np.asarray(v)) for task, v in lifts.items() if len(v) >= 2}
+            per_base = {task: base_mean_lifts([r for r in runs if r["task"] == task], key) for task in spec["tasks"]}
+            judged = {task: t_interval(np.array(list(v.values()))) for task, v in per_base.items() if len(v) >= 2}
             entropy = [r["steered"]["action_entropy"] - r["base"]["action_entropy"] for r in runs]
             drift = [r["steered"]["action_drift"] for r in runs if "action_drift" in r["steered"]]
             fmt = "{:+.1f}" if key == "return_mean" else "{:+.2f}"
+            mean_lift = np.mean([np.mean(list(per_base[t].values())) for t in judged]) if judged else None
             lines.append(f"| {family} | {method} | {len(runs)} / {expected} | {len(judged)} | "
                          f"{sum(low > 0 for low, _ in judged.values())} | {sum(high < 0 for _, high in judged.values())} | "
-                         f"{fmt.format(np.mean([np.mean(lifts[t]) for t in judged])) if judged else ''} | "
+                         f"{fmt.format(mean_lift) if judged else ''} | "
                          f"{f'{np.mean(entropy):+.2f}' if entropy else ''} | {f'{np.mean(drift):.3f}' if drift else ''} |")
-    return lines + ["", "Lifts are in success rate, or in return for families whose metric is return.", ""]
+    return lines + ["", "Lifts are in success rate, or in return for families whose metric is return. The family "
+                    "tables below give intervals over runs (bases x seeds), narrower while a task has one base.", ""]
 
 
 def _lift_figure(suite: dict, reports: list[dict], figures: Path, page: Path) -> list[str]:
@@ -139,6 +155,25 @@ def _lift_figure(suite: dict, reports: list[dict], figures: Path, page: Path) ->
             "Filled markers: mean lift with its 95% t-interval over runs; hollow: a single run (no interval).", ""]
 
 
+def _short_commit(commit: str) -> str:
+    """12 hex digits, and ``+dirty`` where the tree had uncommitted changes when the run started."""
+    return commit[:12] + ("+dirty" if commit.endswith("+dirty") else "")
+
+
+def _every_run(reports: list[dict], family: str, key: str, digits: int) -> list[str]:
+    """A folded table of the family's runs, one row each: the numbers every cell above is computed from."""
+    mine = sorted((r for r in reports if r["family"] == family), key=lambda r: (r["task"], r["method"], r["run"]))
+    if not mine:
+        return []
+    rows = [f"| {r['task']} | {r['method']} | {r['base_seed']} | {r['steer_seed']} | "
+            f"{r['training']['base_policy']['fingerprint']['weights'][:8]} | {r['base'][key]:.{digits}f} | "
+            f"{r['steered'][key]:.{digits}f} | {r['steered'][key] - r['base'][key]:+.{digits}f} | "
+            f"{_short_commit(r['training']['git_commit'])} |" for r in mine]
+    return ["<details><summary>Every run (" + str(len(mine)) + ")</summary>", "",
+            "| task | method | base | seed | base weights | base | steered | lift | commit |",
+            "|---|---|---|---|---|---|---|---|---|", *rows, "", "</details>", ""]
+
+
 def write_results(suite: dict, path: Path, figures: Path | None = None) -> str:
     """RESULTS.md at ``path`` from every finished run's report, with its figures in ``figures``."""
     figures = figures or path.parent / "benchmarks" / "suite_results"
@@ -158,12 +193,14 @@ def write_results(suite: dict, path: Path, figures: Path | None = None) -> str:
     lines += _at_a_glance(suite, reports, planned)
     lines += _lift_figure(suite, reports, figures, path)
     for family, spec in suite["families"].items():
-        key = primary_metric(spec)  # gets the intervals; the other metric is shown as base -> steered
-        other = "success_rate" if key == "return_mean" else "return_mean"
-        label, other_label, digits = ("return", "success", 1) if key == "return_mean" else ("success", "return", 2)
+        key = primary_metric(spec)  # gets the intervals; a second metric is shown as base -> steered
+        # returns: the episode length beside them (success is 0 throughout); success: the return
+        other = "episode_length" if key == "return_mean" else "return_mean"
+        label, other_label, digits = ("return", "episode length", 1) if key == "return_mean" else ("success", "return", 2)
         lines += [f"## {spec.get('title', family)}", ""]
-        lines += [f"| task | method | runs | bases | env steps | base {label} | steered {label} | lift ({label}) | "
-                  f"{other_label} (base -> steered) | entropy (nats) | drift |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| task | method | runs | bases | env steps: budget (executed) | base {label} | steered {label} | "
+                  f"lift ({label}) | {other_label} (base -> steered) | entropy (nats) | drift |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for task in spec["tasks"]:
             for method in spec["methods"]:
                 runs = [r for r in reports if r["task"] == task and r["method"] == method and r["family"] == family]
@@ -173,13 +210,21 @@ def write_results(suite: dict, path: Path, figures: Path | None = None) -> str:
                     continue
                 get = lambda part, name: [r[part][name] for r in runs]  # noqa: E731
                 lift = np.subtract(get("steered", key), get("base", key))
-                fmt = "{:.1f}" if other == "return_mean" else "{:.2f}"
-                lines.append(f"| {task} | {method} | {len(runs)} / {expected} | {_bases_and_builds(runs)} | {runs[0]['budget']} | "
-                             f"{_mean_sd_ci(get('base', key), digits)} | {_mean_sd_ci(get('steered', key), digits)} | "
-                             f"{_mean_sd_ci(lift, digits)} | {fmt.format(np.mean(get('base', other)))} -> "
-                             f"{fmt.format(np.mean(get('steered', other)))} | "
+                executed = [r["training"]["env_steps"] for r in runs]
+                # the base column counts each base build once: runs on one base share its one evaluation
+                bases = list({r["training"]["base_policy"]["fingerprint"]["weights"]: r["base"] for r in runs}.values())
+                base_wilson = bases[0]["success_wilson95"] if key == "success_rate" else None
+                lines.append(f"| {task} | {method} | {len(runs)} / {expected} | {_bases_and_builds(runs)} | "
+                             f"{runs[0]['budget']} ({min(executed)}-{max(executed)}) | "
+                             f"{_mean_sd_ci([b[key] for b in bases], digits, base_wilson)} | "
+                             f"{_mean_sd_ci(get('steered', key), digits, runs[0]['steered']['success_wilson95'] if key == 'success_rate' else None)} | "
+                             f"{_mean_sd_ci(lift, digits)} | {np.mean(get('base', other)):.1f} -> "
+                             f"{np.mean(get('steered', other)):.1f} | "
                              f"{np.mean(get('base', 'action_entropy')):.2f} -> {np.mean(get('steered', 'action_entropy')):.2f} | "
                              f"{np.mean(get('steered', 'action_drift')):.3f} |")
+        lines += ["", "Executed env steps fall short of the budget because every method gets the same number of chunk "
+                  "queries and a chunk that meets an episode's end runs fewer steps (PROTOCOL.md, budgets).", ""]
+        lines += _every_run(reports, family, key, digits)
         lines.append("")
         if spec.get("papers"):  # the published numbers for the matching tasks (other bases and budgets: context only)
             lines += [f"Published: {spec['papers'].strip()}", ""]

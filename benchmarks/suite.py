@@ -328,6 +328,8 @@ def execute(run: Run, protocol: dict) -> dict:
     report["training"] = {k: results[k] for k in ("env_steps", "updates", "wall_time_s", "base_policy",
                                                   "evaluation_seeds", "training_env_seed", "git_commit", "versions",
                                                   "hardware")}
+    # the commit alone does not name the code of a run started from a dirty tree: the sources' digest does
+    report["training"]["vla_steer_source_digest"] = source_digest()
     report["recipe"] = recipe.to_dict()
     try:
         report["curves"] = learning_curves(Path(recipe.train.output_dir))

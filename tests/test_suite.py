@@ -80,15 +80,17 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     first, second = (json.loads(run.report_file.read_text())["base"] for run in runs[:2])
     assert first == second and len(list(base_evaluations.glob("*.json"))) == 2
     text = results_page.write_results(spec, tmp_path / "RESULTS.md")
-    assert "| lander | lpds | 3 / 6 | 2 | 80 |" in text  # bases 0 and 1, one build each
+    assert "| lander | lpds | 3 / 6 | 2 | 80 (" in text  # bases 0 and 1, one build each; then the executed steps
+    assert "<details><summary>Every run (3)</summary>" in text  # each run's own numbers, folded
     for figure in ("lander_lander.png", "lander_lander_trust_region.png", "lifts.png"):  # curves, LP-DS, lifts
         assert (tmp_path / "benchmarks" / "suite_results" / figure).stat().st_size > 10_000
         assert f"(benchmarks/suite_results/{figure})" in text
     assert "Learning curves (lander, all 3 reported runs)" in text
     glance = next(line for line in text.splitlines() if line.startswith("| lander | lpds | 3 / 6 |"))
-    lifts = [json.loads(r.report_file.read_text()) for r in runs[:3]]
-    lifted = t_interval([r["steered"]["success_rate"] - r["base"]["success_rate"] for r in lifts])[0] > 0
-    assert glance.split(" | ")[3:5] == ["1", str(int(lifted))]  # one task with 2+ runs, judged by its interval
+    reports = [json.loads(r.report_file.read_text()) for r in runs[:3]]
+    lift = [r["steered"]["success_rate"] - r["base"]["success_rate"] for r in reports]
+    lifted = t_interval([(lift[0] + lift[1]) / 2, lift[2]])[0] > 0  # over the bases' means: base 0's seeds averaged
+    assert glance.split(" | ")[3:5] == ["1", str(int(lifted))]  # one task on 2 bases, judged by its interval
     # the figures are drawn from the reports: without the (uncommitted) train directories they are drawn again, and a
     # report without curves is counted as missing from them
     for run in runs[1:3]:
@@ -102,7 +104,7 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     runs[1].report_file.write_text(json.dumps(rebuilt))
     (tmp_path / "benchmarks" / "suite_results" / "lander_lander.png").unlink()
     text = results_page.write_results(spec, tmp_path / "RESULTS.md")
-    assert "Learning curves (lander, 2 of 3 reported runs" in text and "| lander | lpds | 3 / 6 | 2 (3 builds) | 80 |" in text
+    assert "Learning curves (lander, 2 of 3 reported runs" in text and "| lander | lpds | 3 / 6 | 2 (3 builds) | 80 (" in text
     assert (tmp_path / "benchmarks" / "suite_results" / "lander_lander.png").stat().st_size > 10_000
     # a sweep point equal to a finished run elsewhere in the grid takes its report instead of training again
     spec["families"]["sweep"] = {"tasks": spec["families"]["lander"]["tasks"],
@@ -121,7 +123,7 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     # a family without a success notion reports returns with intervals, and the papers' numbers under its table
     spec["families"]["lander"].update(metric="return", papers="Paper X: 200 on this task.")
     text = results_page.write_results(spec, tmp_path / "RESULTS.md")
-    assert "| base return | steered return | lift (return) | success (base -> steered) |" in text
+    assert "| base return | steered return | lift (return) | episode length (base -> steered) |" in text
     assert "Published: Paper X: 200 on this task." in text
     del spec["families"]["lander"]["metric"], spec["families"]["lander"]["papers"]
     # editing a method after its runs finished: they are stale, and left out of the results
@@ -130,13 +132,30 @@ def test_the_suite_runs_its_grid_resumably_and_reports_the_saved_head_on_unseen_
     assert "| lander | lpds | 0 / 6 |" in results_page.write_results(spec, tmp_path / "RESULTS.md")
 
 
-def test_at_a_glance_counts_tasks_by_where_their_lift_interval_lies(tmp_path):
+def test_at_a_glance_judges_a_task_by_its_bases_mean_lifts(tmp_path):
     spec = tiny_suite(tmp_path)
-    spec["families"]["lander"]["tasks"] = {t: {"recipe": "unused", "budget": 80} for t in ("up", "down", "mixed", "one")}
-    lifts = {"up": [0.30, 0.32, 0.35], "down": [-0.20, -0.25, -0.22], "mixed": [0.10, -0.10], "one": [0.5]}
-    reports = [{"family": "lander", "method": "lpds", "task": task, "base": {"success_rate": 0.2, "action_entropy": 1.0},
+    tasks = ("up", "down", "mixed", "uneven", "one_base")
+    spec["families"]["lander"]["tasks"] = {t: {"recipe": "unused", "budget": 80} for t in tasks}
+    lifts = {  # task -> base -> its steering seeds' lifts
+        "up": {0: [0.30, 0.32], 1: [0.35, 0.33], 2: [0.31]},
+        "down": {0: [-0.20, -0.25], 1: [-0.22], 2: [-0.21]},
+        "mixed": {0: [0.10], 1: [-0.10]},
+        # the runs alone would call this lifted (6 runs, interval [0.03, 0.32]); its 2 bases' means cannot
+        "uneven": {0: [0.30, 0.31, 0.29], 1: [0.05, 0.06, 0.04]},
+        "one_base": {0: [0.50, 0.52]},  # one base: not judged, however large
+    }
+    reports = [{"family": "lander", "method": "lpds", "task": task, "base_seed": base,
+                "base": {"success_rate": 0.2, "action_entropy": 1.0},
                 "steered": {"success_rate": 0.2 + lift, "action_entropy": 0.5, "action_drift": 0.1}}
-               for task, values in lifts.items() for lift in values]
+               for task, bases in lifts.items() for base, values in bases.items() for lift in values]
+    assert t_interval([lift for lift in lifts["uneven"][0] + lifts["uneven"][1]])[0] > 0
     row = results_page._at_a_glance(spec, reports, planned=[])[6]
     cells = row.split(" | ")
-    assert cells[2:8] == ["9 / 0", "3", "1", "1", "+0.03", "-0.50"]  # up lifted, down hurt; mean of the 3 judged tasks
+    # 4 tasks on 2+ bases; up lifted, down hurt; mean over the judged tasks of their base means (0.32, -0.22, 0, 0.175)
+    assert cells[2:8] == ["19 / 0", "4", "1", "1", "+0.07", "-0.50"]
+
+
+def test_a_single_runs_success_rate_carries_its_wilson_interval():
+    assert results_page._mean_sd_ci([0.75], 2, wilson=[0.66, 0.82]) == "0.75 [0.66, 0.82] Wilson (n = 1)"
+    assert results_page._mean_sd_ci([412.5], 1) == "412.5 (n = 1)"  # a return: no interval from one run
+    assert results_page._mean_sd_ci([0.5, 0.7], 2, wilson=[0.1, 0.2]).startswith("0.60 ± 0.14 [")  # runs: t-interval
