@@ -131,7 +131,8 @@ def check_protocol(suite: dict) -> None:
 def plan(suite: dict, only: list[str] | None = None, methods: list[str] | None = None,
          breadth_first: bool = False) -> list[Run]:
     """Every run of the grid, in order (task by task, then base, seed and method), filtered by task and method names.
-    ``breadth_first``: every task's first (base, seed) before any task's second, so a partial grid covers every task."""
+    ``breadth_first``: every task's bases on the first steering seed before any second seed, base by base, so a
+    partial grid covers every task, and on as many bases as it can (the claims RESULTS.md makes rest on bases)."""
     p, runs = suite["protocol"], []
     out = ROOT / suite.get("output_dir", "benchmarks/suite_runs")
     for family, spec in suite["families"].items():
@@ -151,9 +152,9 @@ def plan(suite: dict, only: list[str] | None = None, methods: list[str] | None =
                               "checkpoint_every": max(1, task_spec["budget"] // 4),  # a stopped suite loses little
                               "output_dir": str(directory / "train"), "cache_dir": str(out / "cache")}})
                 runs.append(Run(family, task, method, base, seed, recipe, directory))
-    if breadth_first:  # a stable sort: within one (base, seed), tasks and methods keep the suite's order
-        order = {value: i for i, value in enumerate(p["bases"])}, {value: i for i, value in enumerate(p["steer_seeds"])}
-        runs.sort(key=lambda run: (order[0][run.base], order[1][run.seed]))
+    if breadth_first:  # a stable sort: within one (seed, base), tasks and methods keep the suite's order
+        seeds, bases = ({value: i for i, value in enumerate(p[key])} for key in ("steer_seeds", "bases"))
+        runs.sort(key=lambda run: (seeds[run.seed], bases[run.base]))
     return runs
 
 
@@ -361,8 +362,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="task or family names")
     parser.add_argument("--methods", nargs="*")
     parser.add_argument("--breadth-first", action="store_true",
-                        help="every task's first base and seed before any task's second (a partial grid then covers "
-                             "every task; the default finishes one task's bases and seeds before the next task)")
+                        help="every task's bases on the first steering seed before any second seed, base by base (a "
+                             "partial grid then covers every task on as many bases as it can; the default finishes "
+                             "one task's bases and seeds before the next task)")
     parser.add_argument("--plan", action="store_true", help="list the runs and their state; run nothing")
     parser.add_argument("--report", action="store_true", help="regenerate RESULTS.md only")
     parser.add_argument("--results", type=Path, default=ROOT / "RESULTS.md")

@@ -42,14 +42,16 @@ def test_a_grid_breaking_the_protocol_is_refused_naming_the_rule(tmp_path, chang
         suite.check_protocol(spec)
 
 
-def test_breadth_first_covers_every_task_with_its_first_base_before_any_second(tmp_path):
+def test_breadth_first_covers_every_task_on_its_bases_before_a_second_seed(tmp_path):
     spec = tiny_suite(tmp_path)
     tasks = spec["families"]["lander"]["tasks"]
     tasks["lander_b"] = dict(tasks["lander"])
     depth = [(r.task, r.base, r.seed) for r in suite.plan(spec)]
     assert depth[:2] == [("lander", 0, 0), ("lander", 0, 1)] and depth[6] == ("lander_b", 0, 0)
     breadth = [(r.task, r.base, r.seed) for r in suite.plan(spec, breadth_first=True)]
-    assert breadth[:4] == [("lander", 0, 0), ("lander_b", 0, 0), ("lander", 0, 1), ("lander_b", 0, 1)]
+    # bases before seeds: every task's three bases on seed 0, then seed 1
+    assert breadth[:6] == [("lander", b, 0) if i % 2 == 0 else ("lander_b", b, 0) for b in (0, 1, 2) for i in (0, 1)]
+    assert breadth[6] == ("lander", 0, 1)
     assert sorted(breadth) == sorted(depth)  # the same runs, in another order
 
 
