@@ -174,6 +174,27 @@ def _every_run(reports: list[dict], family: str, key: str, digits: int) -> list[
             "|---|---|---|---|---|---|---|---|---|", *rows, "", "</details>", ""]
 
 
+def _table_row(task: str, method: str, runs: list[dict], expected: int, key: str, other: str, digits: int) -> str:
+    """One (task, method) row of a family's table: run counts, bases, budget, the primary metric's base, steered and
+    lift cells with their intervals, ``other`` as base -> steered, entropy and drift."""
+    if not runs:
+        return f"| {task} | {method} | 0 / {expected} | | | | | | | | |"
+    wilson = (lambda metrics: metrics["success_wilson95"]) if key == "success_rate" else (lambda metrics: None)
+    mean = lambda part, name: np.mean([r[part][name] for r in runs])  # noqa: E731
+    steered = [r["steered"][key] for r in runs]
+    lift = np.subtract(steered, [r["base"][key] for r in runs])
+    executed = [r["training"]["env_steps"] for r in runs]
+    # the base column counts each base build once: runs on one base share its one evaluation
+    bases = list({r["training"]["base_policy"]["fingerprint"]["weights"]: r["base"] for r in runs}.values())
+    return (f"| {task} | {method} | {len(runs)} / {expected} | {_bases_and_builds(runs)} | "
+            f"{runs[0]['budget']} ({min(executed)}-{max(executed)}) | "
+            f"{_mean_sd_ci([b[key] for b in bases], digits, wilson(bases[0]))} | "
+            f"{_mean_sd_ci(steered, digits, wilson(runs[0]['steered']))} | {_mean_sd_ci(lift, digits)} | "
+            f"{mean('base', other):.1f} -> {mean('steered', other):.1f} | "
+            f"{mean('base', 'action_entropy'):.2f} -> {mean('steered', 'action_entropy'):.2f} | "
+            f"{mean('steered', 'action_drift'):.3f} |")
+
+
 def write_results(suite: dict, path: Path, figures: Path | None = None) -> str:
     """RESULTS.md at ``path`` from every finished run's report, with its figures in ``figures``."""
     figures = figures or path.parent / "benchmarks" / "suite_results"
@@ -205,23 +226,7 @@ def write_results(suite: dict, path: Path, figures: Path | None = None) -> str:
             for method in spec["methods"]:
                 runs = [r for r in reports if r["task"] == task and r["method"] == method and r["family"] == family]
                 expected = sum(1 for r in planned if (r.family, r.task, r.method) == (family, task, method))
-                if not runs:
-                    lines.append(f"| {task} | {method} | 0 / {expected} | | | | | | | | |")
-                    continue
-                get = lambda part, name: [r[part][name] for r in runs]  # noqa: E731
-                lift = np.subtract(get("steered", key), get("base", key))
-                executed = [r["training"]["env_steps"] for r in runs]
-                # the base column counts each base build once: runs on one base share its one evaluation
-                bases = list({r["training"]["base_policy"]["fingerprint"]["weights"]: r["base"] for r in runs}.values())
-                base_wilson = bases[0]["success_wilson95"] if key == "success_rate" else None
-                lines.append(f"| {task} | {method} | {len(runs)} / {expected} | {_bases_and_builds(runs)} | "
-                             f"{runs[0]['budget']} ({min(executed)}-{max(executed)}) | "
-                             f"{_mean_sd_ci([b[key] for b in bases], digits, base_wilson)} | "
-                             f"{_mean_sd_ci(get('steered', key), digits, runs[0]['steered']['success_wilson95'] if key == 'success_rate' else None)} | "
-                             f"{_mean_sd_ci(lift, digits)} | {np.mean(get('base', other)):.1f} -> "
-                             f"{np.mean(get('steered', other)):.1f} | "
-                             f"{np.mean(get('base', 'action_entropy')):.2f} -> {np.mean(get('steered', 'action_entropy')):.2f} | "
-                             f"{np.mean(get('steered', 'action_drift')):.3f} |")
+                lines.append(_table_row(task, method, runs, expected, key, other, digits))
         lines += ["", "Executed env steps fall short of the budget because every method gets the same number of chunk "
                   "queries and a chunk that meets an episode's end runs fewer steps (PROTOCOL.md, budgets).", ""]
         lines += _every_run(reports, family, key, digits)
