@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds the updates are split into")
     parser.add_argument("--fill-env-steps", type=int, default=2000, help="prior-noise env steps in the buffer")
     parser.add_argument("--output", type=Path, default=RESULTS / "update_speed.json")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time DSRL-SAC with its networks under torch.compile (inductor fuses the elementwise "
+                             "work around the matmuls; the arithmetic is the eager one's)")
     args = parser.parse_args()
 
     recipe = load_recipe(args.recipe, args.overrides + ["train.show_progress=false", "train.resume=false",
@@ -108,9 +111,19 @@ def main() -> None:
         cfg = config_for_method(recipe.algorithm, **fields)
         algorithms[name] = build_algorithm(cfg, recipe.head, trainer.adapter, trainer.layout, trainer.accelerator)
     generator = torch.Generator().manual_seed(0)
-    seconds = {name: 0.0 for name in algorithms}
     matmuls = {name: recorded_matmuls(algo, trainer.buffer.sample(recipe.algorithm.batch_size, generator))
                for name, algo in algorithms.items()}
+    batch = trainer.buffer.sample(recipe.algorithm.batch_size, generator)
+    flops = {name: update_flops(algo, batch) for name, algo in algorithms.items()}
+    if args.compile:
+        compiled = build_algorithm(config_for_method(recipe.algorithm, name="dsrl_sac"), recipe.head, trainer.adapter,
+                                   trainer.layout, trainer.accelerator)
+        for module in ("actor", "critic", "critic_target"):
+            setattr(compiled, module, torch.compile(getattr(compiled, module)))
+        compiled.update(trainer.buffer.sample(recipe.algorithm.batch_size, generator))  # compiles (not timed)
+        name = "dsrl_sac (compiled networks)"
+        algorithms[name], matmuls[name], flops[name] = compiled, matmuls["dsrl_sac"], flops["dsrl_sac"]
+    seconds = {name: 0.0 for name in algorithms}
     matmul_seconds_of = {name: 0.0 for name in algorithms}
     matmul_flops, matmul_seconds = 0.0, 0.0
     per_round = max(1, args.updates // args.rounds)
@@ -132,8 +145,6 @@ def main() -> None:
 
     timed = per_round * args.rounds
     rates = {name: timed / s for name, s in seconds.items()}
-    batch = trainer.buffer.sample(recipe.algorithm.batch_size, generator)
-    flops = {name: update_flops(algo, batch) for name, algo in algorithms.items()}
     peak = matmul_flops / matmul_seconds / 1e9
     result = {
         "recipe": args.recipe, "overrides": args.overrides, "batch_size": recipe.algorithm.batch_size,
