@@ -67,6 +67,7 @@ def main() -> None:
     from vla_steer.hub.fingerprint import base_fingerprint
     from vla_steer.pipeline import base_policy_config, ensure_demos
     from vla_steer.policies.base import load_chunk_policy
+    from vla_steer.provenance import hardware
 
     recipe = load_recipe(args.recipe, args.overrides)
     demos = ensure_demos(recipe)  # once, before the builds: they all read the same demonstrations
@@ -89,22 +90,13 @@ def main() -> None:
             float((state[k] - reference[k]).abs().max()) for k in reference)
     result = {"recipe": args.recipe, "overrides": args.overrides, "demonstrations": demos.name,
               "policy": asdict(base_policy_config(recipe)), "bc_steps": recipe.base.bc_steps, "seed": recipe.base.seed,
-              "torch": torch.__version__, "cpu": _cpu_name(), "builds": builds}
+              "torch": torch.__version__, "cpu": hardware()["processor"], "builds": builds}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "base_build_reproducibility.json"
     path.write_text(json.dumps(result, indent=2))
     for name, build_ in builds.items():
         print(f"{name:<22} max |w - w_default| = {build_['max_abs_weight_difference_to_default']:.3g}")
     print(f"-> {path}")
-
-
-def _cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-        return platform.processor()
 
 
 if __name__ == "__main__":

@@ -77,8 +77,9 @@ def _bases_and_builds(runs: list[dict]) -> str:
 
 
 def _at_a_glance(suite: dict, reports: list[dict], planned: list[Run]) -> list[str]:
-    """One row per family and method: on how many tasks the paired lift's 95% t-interval lies above 0 or below 0 (a
-    task needs 2 runs for an interval), the mean lift over tasks, and the mean change of action entropy and drift."""
+    """One row per family and method: on how many tasks the 95% t-interval over the bases' mean lifts lies above 0 or
+    below 0 (a task needs runs on 2 bases to be judged), the mean lift over those tasks, and the mean change of
+    action entropy and drift."""
     lines = ["## At a glance", "", "Per family and method: tasks whose lift has its 95% t-interval above 0 (lifted) "
              "or below 0 (hurt), judged on the tasks with runs on at least 2 bases, the interval taken over the "
              "bases' mean lifts (each base's steering seeds averaged first: the protocol's claim is about the method "

@@ -6,10 +6,10 @@ benchmarks/PROTOCOL.md, resumably, and RESULTS.md regenerated from the runs that
     python benchmarks/suite.py --only metaworld/push-v3 --methods lpds dsrl_sac
     python benchmarks/suite.py --report                         # RESULTS.md from finished runs only
 
-RESULTS.md is written by results_page.py from the reports. A run that finished is skipped; one that was interrupted resumes from its checkpoint (the trainer's own resume); one
-whose recipe equals a finished run's elsewhere in the grid (a sweep point that is another family's method) takes
-that run's report, marked ``same_run_as``, instead of training the same thing again;
-two suite processes may share a grid (each run is claimed by a lock file). The grid is checked against the protocol
+RESULTS.md is written by results_page.py from the reports. A run that finished is skipped; one that was interrupted
+resumes from its checkpoint (the trainer's own resume); one whose recipe equals a finished run's elsewhere in the grid
+(a sweep point that is another family's method) takes that run's report, marked ``same_run_as``, instead of training
+the same thing again; two suite processes may share a grid (each run is claimed by a lock file). The grid is checked against the protocol
 before anything runs: at least 3 bases and 2 steering seeds, equal env-step budgets for every method on a task
 (methods may not touch the budget, the env, the demonstrations or the base), steering seeds below the tuning range,
 and reported evaluation seeds disjoint from training and tuning seeds.

@@ -35,28 +35,18 @@ VARIANTS = {  # name -> algorithm overrides
 }
 
 
-def update_flops(algo, batch) -> int:
-    """Floating-point operations of one update (forward and backward; torch's FlopCounterMode counts matmuls,
-    convolutions and attention, the bulk of the work). The update runs on a copy: the algorithm is not changed."""
-    import copy
-
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        copy.deepcopy(algo).update(batch)
-    return counter.get_total_flops()
-
-
 MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.bmm.default, torch.ops.aten.addmm.default,
             torch.ops.aten.baddbmm.default}
 
 
-def recorded_matmuls(algo, batch) -> list:
-    """Every matmul one update calls, with copies of its operands (the update runs on a copy of the algorithm)."""
+def update_arithmetic(algo, batch) -> tuple[int, list]:
+    """One update, run on a copy of the algorithm, counted and recorded: its floating-point operations (torch's
+    FlopCounterMode counts matmuls, convolutions and attention, the bulk of the work) and every matmul it calls,
+    with copies of their operands, to be replayed alone."""
     import copy
 
     from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
 
     calls = []
 
@@ -66,9 +56,10 @@ def recorded_matmuls(algo, batch) -> list:
                 calls.append((func, [a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args], kwargs or {}))
             return func(*args, **(kwargs or {}))
 
-    with Recorder():
+    counter = FlopCounterMode(display=False)
+    with counter, Recorder():
         copy.deepcopy(algo).update(batch)
-    return calls
+    return counter.get_total_flops(), calls
 
 
 def matmul_flops_and_seconds(batch: int, width: int, seconds: float = 1.0) -> tuple[float, float]:
@@ -111,10 +102,9 @@ def main() -> None:
         cfg = config_for_method(recipe.algorithm, **fields)
         algorithms[name] = build_algorithm(cfg, recipe.head, trainer.adapter, trainer.layout, trainer.accelerator)
     generator = torch.Generator().manual_seed(0)
-    matmuls = {name: recorded_matmuls(algo, trainer.buffer.sample(recipe.algorithm.batch_size, generator))
-               for name, algo in algorithms.items()}
-    batch = trainer.buffer.sample(recipe.algorithm.batch_size, generator)
-    flops = {name: update_flops(algo, batch) for name, algo in algorithms.items()}
+    flops, matmuls = {}, {}
+    for name, algo in algorithms.items():
+        flops[name], matmuls[name] = update_arithmetic(algo, trainer.buffer.sample(recipe.algorithm.batch_size, generator))
     if args.compile:
         compiled = build_algorithm(config_for_method(recipe.algorithm, name="dsrl_sac"), recipe.head, trainer.adapter,
                                    trainer.layout, trainer.accelerator)
